@@ -1,0 +1,38 @@
+# calolab front door. `make run` and `make test` set up .venv first (idempotent, quick when done).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.calolab-installed
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+
+# default experiment inputs (until training lands: the default photon sample)
+RUN_EVENTS ?= 4000
+
+.PHONY: setup run test lint ui bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "calolab: installing into $(VENV) (torch 2.13.0 first, CPU build where available)"
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/calolab generate sample=photons n_events=$(RUN_EVENTS) workers=2 reuse=true
+
+test: setup
+	$(BIN)/python -m pytest -m "not gpu"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns --port 5000
+
+bench: setup
+	$(BIN)/python bench/generate.py
+
+clean:
+	rm -rf $(VENV) logs .pytest_cache

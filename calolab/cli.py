@@ -1,0 +1,61 @@
+"""The ``calolab`` console script: dispatches ``calolab <command> [hydra overrides]``.
+
+Each command is a Hydra app over ``conf/``; everything after the command name is handed to
+Hydra unchanged (overrides, ``-m``, ``--cfg job``, ``--info``, shell completion).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from calolab.errors import suggest
+
+COMMANDS = {
+    "generate": ("calolab.commands.generate", "generate a sample: Pythia 8 + detector -> ROOT ntuples"),
+}
+
+USAGE = "usage: calolab <command> [overrides ...]\n\ncommands:\n" + "\n".join(
+    f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()
+)
+
+
+def check_group_choices(overrides: list[str]) -> str | None:
+    """One-line error for ``group=option`` overrides naming an option that has no config file."""
+    from calolab.app import CONF_DIR
+
+    for item in overrides:
+        if "=" not in item or item.startswith("-"):
+            continue
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        group = CONF_DIR / key
+        if "/" in value or "," in value or not value or not group.is_dir() or value == "null":
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        if value not in options:
+            return f"unknown {key} {value!r}{suggest(value, options)} (options: {', '.join(options)})"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"calolab: error: unknown command {command!r}{suggest(command, COMMANDS)}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    problem = check_group_choices(rest)
+    if problem:
+        print(f"calolab {command}: error: {problem}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"calolab {command}", *rest]
+    module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

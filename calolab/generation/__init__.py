@@ -1,0 +1,1 @@
+"""Sample generation: Pythia 8 events, parametrised detector response, ROOT ntuples."""

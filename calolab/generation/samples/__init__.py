@@ -1,0 +1,1 @@
+"""Generated samples: one class per physics sample, configured by conf/sample/<name>.yaml."""

@@ -1,0 +1,1 @@
+"""Physics quantities shared by sample generation and evaluation (shower shapes, ...)."""

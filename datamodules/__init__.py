@@ -1,0 +1,1 @@
+"""LightningDataModules: ROOT ntuples -> cached arrays -> batches."""

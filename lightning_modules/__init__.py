@@ -1,0 +1,1 @@
+"""LightningModules, one per training scheme; plain nn.Module nets live in ``nets/``."""

@@ -1,0 +1,1 @@
+"""Optuna sweeps: search spaces, storages, pruning, trial hand-off, study reports."""
