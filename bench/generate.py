@@ -44,7 +44,13 @@ def bare_pythia_rate(settings_by_process: list[list[str]], n_by_process: list[in
         t0 = time.perf_counter()
         with _quiet_stdout():
             p = pythia8mc.Pythia("", False)
-            for s in [f"Beams:eCM = {ecm}", "Next:numberCount = 0", "Random:setSeed = on", "Random:seed = 4242", *settings]:
+            for s in [
+                f"Beams:eCM = {ecm}",
+                "Next:numberCount = 0",
+                "Random:setSeed = on",
+                "Random:seed = 4242",
+                *settings,
+            ]:
                 assert p.readString(s), s
             p.init()
             for _ in range(n):
@@ -57,7 +63,17 @@ def bare_pythia_rate(settings_by_process: list[list[str]], n_by_process: list[in
 def run_case(name: str, n_events: int) -> dict:
     sample, mu, target = CASES[name]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("generate", [f"sample={sample}", f"n_events={n_events}", "progress=false", f"pileup.mu={mu}", "workers=1", f"chunk_size={n_events}"])
+        cfg = compose(
+            "generate",
+            [
+                f"sample={sample}",
+                f"n_events={n_events}",
+                "progress=false",
+                f"pileup.mu={mu}",
+                "workers=1",
+                f"chunk_size={n_events}",
+            ],
+        )
     with tempfile.TemporaryDirectory() as tmp, open_dict(cfg):
         cfg.out = os.path.join(tmp, sample)
         # count Pythia events per process: wrap next_batch
@@ -90,9 +106,18 @@ def run_case(name: str, n_events: int) -> dict:
     counts = [per_settings[k] for k in keys]
     full_rate = sum(counts) / wall
     bare = bare_pythia_rate(settings, counts, float(cfg.sample.ecm_gev))
-    return {"case": name, "mu": mu, "accepted": n_events, "pythia_events": sum(counts), "wall_s": wall,
-            "full_rate": full_rate, "bare_rate": bare, "ratio": full_rate / bare, "target": target,
-            "accepted_rate": n_events / wall}
+    return {
+        "case": name,
+        "mu": mu,
+        "accepted": n_events,
+        "pythia_events": sum(counts),
+        "wall_s": wall,
+        "full_rate": full_rate,
+        "bare_rate": bare,
+        "ratio": full_rate / bare,
+        "target": target,
+        "accepted_rate": n_events / wall,
+    }
 
 
 def main() -> int:
@@ -101,13 +126,17 @@ def main() -> int:
     ap.add_argument("--cases", default="photons,wjets,wjets_mu50,qgjets")
     args = ap.parse_args()
     rows = [run_case(c, args.events) for c in args.cases.split(",")]
-    print(f"{'case':<12}{'mu':>5}{'accepted':>10}{'pythia ev':>11}{'full ev/s':>11}{'bare ev/s':>11}{'ratio':>8}{'target':>8}  accepted/s")
+    print(
+        f"{'case':<12}{'mu':>5}{'accepted':>10}{'pythia ev':>11}{'full ev/s':>11}{'bare ev/s':>11}{'ratio':>8}{'target':>8}  accepted/s"
+    )
     ok = True
     for r in rows:
         flag = "ok" if r["ratio"] >= r["target"] else "BELOW"
         ok &= flag == "ok"
-        print(f"{r['case']:<12}{r['mu']:>5.0f}{r['accepted']:>10}{r['pythia_events']:>11}{r['full_rate']:>11.1f}"
-              f"{r['bare_rate']:>11.1f}{r['ratio']:>8.2f}{r['target']:>8.2f}  {r['accepted_rate']:.1f} {flag}")
+        print(
+            f"{r['case']:<12}{r['mu']:>5.0f}{r['accepted']:>10}{r['pythia_events']:>11}{r['full_rate']:>11.1f}"
+            f"{r['bare_rate']:>11.1f}{r['ratio']:>8.2f}{r['target']:>8.2f}  {r['accepted_rate']:.1f} {flag}"
+        )
     return 0 if ok else 1
 
 

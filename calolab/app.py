@@ -31,18 +31,38 @@ def verbose() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("CALOLAB_VERBOSE") == "1"
 
 
+def calolab_cause(err: BaseException) -> CalolabError | None:
+    """The CalolabError behind ``err`` (itself, or one it was raised from, e.g. by instantiate)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, CalolabError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def report_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn CalolabError (and KeyboardInterrupt) into one line and an exit code."""
+
+    from omegaconf.errors import MissingMandatoryValue
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except CalolabError as err:
+        except MissingMandatoryValue as err:
             if verbose():
                 raise
-            print(f"calolab {command}: error: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
+            key = getattr(err, "full_key", "") or "a required option"
+            print(f"calolab {command}: error: {key} is required (calolab {command} {key}=...)", file=sys.stderr)
+            sys.exit(2)
+        except Exception as err:
+            cause = calolab_cause(err)
+            if cause is None or verbose():
+                raise
+            print(f"calolab {command}: error: {cause}", file=sys.stderr)
+            sys.exit(cause.exit_code)
         except KeyboardInterrupt:
             print(f"calolab {command}: interrupted", file=sys.stderr)
             sys.exit(130)
@@ -59,3 +79,14 @@ def hydra_app(config_name: str, command: str) -> Callable[[Callable[[DictConfig]
         )
 
     return decorate
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` from inside or outside a running Hydra app."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)

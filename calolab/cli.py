@@ -13,6 +13,9 @@ from calolab.errors import suggest
 
 COMMANDS = {
     "generate": ("calolab.commands.generate", "generate a sample: Pythia 8 + detector -> ROOT ntuples"),
+    "train": ("calolab.commands.train", "train an experiment (-m: sweep), evaluate, export, track in MLflow"),
+    "evaluate": ("calolab.commands.evaluate", "re-run the test evaluation of a tracked run"),
+    "export": ("calolab.commands.export", "re-export a tracked run to ONNX (parity-checked)"),
 }
 
 USAGE = "usage: calolab <command> [overrides ...]\n\ncommands:\n" + "\n".join(

@@ -31,10 +31,18 @@ def compose_cfg() -> Callable[..., DictConfig]:
 def generate_cfg(compose_cfg, tmp_path) -> Callable[..., DictConfig]:
     """A small ``calolab generate`` config writing into ``tmp_path``."""
 
-    def _cfg(sample: str, n_events: int = 20, out: Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    def _cfg(
+        sample: str, n_events: int = 20, out: Path | None = None, overrides: list[str] | None = None
+    ) -> DictConfig:
         cfg = compose_cfg(
             "generate",
-            [f"sample={sample}", f"n_events={n_events}", f"out={out or tmp_path / sample}", "progress=false", *(overrides or [])],
+            [
+                f"sample={sample}",
+                f"n_events={n_events}",
+                f"out={out or tmp_path / sample}",
+                "progress=false",
+                *(overrides or []),
+            ],
         )
         with open_dict(cfg):
             cfg.out = str(out or tmp_path / sample)
@@ -43,9 +51,13 @@ def generate_cfg(compose_cfg, tmp_path) -> Callable[..., DictConfig]:
     return _cfg
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the installed ``calolab`` console script (as a user would) and capture its output."""
     exe = Path(sys.executable).with_name("calolab")
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(exe), *args], cwd=cwd or ROOT_DIR, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(exe), *args], cwd=cwd or ROOT_DIR, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

@@ -171,4 +171,3 @@ class PythiaGenerator:
             }
         )
         return particles, truth
-

@@ -126,7 +126,9 @@ def _read_pool(pool_dir: Path) -> ak.Array:
         except OSError as err:
             raise InputFileError(f"cannot read pileup pool file {f}: {err}") from err
         scale = {"pt": 1e-3, "e": 1e-3, "m": 1e-3}
-        parts.append(ak.zip({k: arr[f"part_{k}"] * scale.get(k, 1) for k in ("pt", "eta", "phi", "e", "m", "pid", "charge")}))
+        parts.append(
+            ak.zip({k: arr[f"part_{k}"] * scale.get(k, 1) for k in ("pt", "eta", "phi", "e", "m", "pid", "charge")})
+        )
     return ak.concatenate(parts)
 
 
@@ -148,7 +150,9 @@ def _run_chunk(chunk: Chunk, mu: float) -> dict:
             q.put(k)
 
     t0 = time.perf_counter()
-    arrays = sample.generate(chunk.n_events, chunk.n_signal, ChunkSeeds(w["seed"], chunk.index), PileupSpec(mu, w["pool"]), progress)
+    arrays = sample.generate(
+        chunk.n_events, chunk.n_signal, ChunkSeeds(w["seed"], chunk.index), PileupSpec(mu, w["pool"]), progress
+    )
     n_out = len(next(iter(arrays.values())))
     if n_out != chunk.n_events:
         raise GenerationError(f"chunk {chunk.index}: sample returned {n_out} events, expected {chunk.n_events}")
@@ -156,9 +160,15 @@ def _run_chunk(chunk: Chunk, mu: float) -> dict:
     name = f"{w['stem']}_{chunk.index:04d}.root"
     write_tree(Path(w["out"]) / (name + PART_SUFFIX), sample.tree, arrays, title=f"calolab {w['stem']}")
     labels = np.asarray(arrays["truth_label"])
-    return {"file": name, "chunk": chunk.index, "first_event": chunk.start, "n_events": chunk.n_events,
-            "n_signal": int((labels == 1).sum()), "seeds": {"seed": w["seed"], "chunk": chunk.index},
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "file": name,
+        "chunk": chunk.index,
+        "first_event": chunk.start,
+        "n_events": chunk.n_events,
+        "n_signal": int((labels == 1).sum()),
+        "seeds": {"seed": w["seed"], "chunk": chunk.index},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def _drain(q, bar) -> None:
@@ -192,7 +202,9 @@ def run_generation(cfg: DictConfig, sample_name: str) -> dict:
             pool = build_pool(cfg, lambda k: None)
             if bar is not None:
                 bar.set_postfix_str("")
-        chunks = plan_chunks(cfg.n_events, cfg.chunk_size, sample.signal_fraction if hasattr(sample, "signal_fraction") else 0.0)
+        chunks = plan_chunks(
+            cfg.n_events, cfg.chunk_size, sample.signal_fraction if hasattr(sample, "signal_fraction") else 0.0
+        )
         results = _execute(chunks, cfg, sample_cfg, pool, out, sample_name, bar)
         for r in results:
             os.replace(out / (r["file"] + PART_SUFFIX), out / r["file"])

@@ -63,7 +63,10 @@ def test_invalid_chunking_option(generate_cfg):
         (["n_events=-5"], "n_events must be > 0"),
         (["workers=0"], "workers must be >= 1"),
         (["pileup.mu=-1"], "pileup.mu must be a finite number >= 0"),
-        (['sample.signal_settings=["PromptPhoton:all = sometimes"]'], "invalid Pythia setting 'PromptPhoton:all = sometimes'"),
+        (
+            ['sample.signal_settings=["PromptPhoton:all = sometimes"]'],
+            "invalid Pythia setting 'PromptPhoton:all = sometimes'",
+        ),
     ],
 )
 def test_bad_input_one_line_nonzero_nothing_left(tmp_path, args, message):

@@ -193,7 +193,9 @@ class PhotonSample(Sample):
             n = n_signal if label == 1 else n_events - n_signal
             if n <= 0:
                 continue
-            gen = PythiaGenerator(settings, seeds.pythia(stream), self.ecm_gev, name=f"photons/{'signal' if label else 'background'}")
+            gen = PythiaGenerator(
+                settings, seeds.pythia(stream), self.ecm_gev, name=f"photons/{'signal' if label else 'background'}"
+            )
             cands, near = self._collect(gen, n, bool(label), progress)
             parts.append(self._simulate(cands, near, label, float(pileup.mu), rng))
         return shuffle_together(rng, parts)

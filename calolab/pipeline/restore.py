@@ -1,0 +1,64 @@
+"""Rebuild a tracked training from its MLflow run: config, data and best checkpoint.
+
+``calolab evaluate run_id=...`` and ``calolab export run_id=...`` re-run a step of an
+earlier training. The run's ``config.yaml`` artifact is the resolved config it trained with,
+so the datamodule is rebuilt identically (same digest, usually a cache hit) and the net is
+rebuilt from it before the checkpoint's weights are loaded.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from calolab.errors import CalolabError
+from calolab.tracking import TrackingStore
+
+
+class RunNotFoundError(CalolabError, LookupError):
+    """The requested MLflow run (or one of its artifacts) does not exist."""
+
+
+@dataclass
+class RestoredRun:
+    cfg: DictConfig
+    model: object
+    dm: object
+    run_id: str
+    experiment: str
+
+
+def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
+    """Load config and best checkpoint of ``run_id`` and rebuild data and model."""
+    from mlflow.exceptions import MlflowException
+
+    from calolab.pipeline.samples import ensure_sample
+    from calolab.pipeline.train import build_data, build_model
+
+    client = store.client()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise RunNotFoundError(f"no MLflow run {run_id!r} in {store.uri}") from err
+    with tempfile.TemporaryDirectory(prefix="calolab-restore-") as tmp:
+        try:
+            cfg_path = client.download_artifacts(run_id, "config.yaml", tmp)
+        except (MlflowException, OSError) as err:
+            raise RunNotFoundError(f"run {run_id} has no config.yaml artifact (not a calolab training run?)") from err
+        cfg = OmegaConf.load(cfg_path)
+        try:
+            ckpt_dir = client.download_artifacts(run_id, "checkpoints", tmp)
+            ckpts = sorted(Path(ckpt_dir).glob("*.ckpt"))
+        except (MlflowException, OSError):
+            ckpts = []
+        if not ckpts:
+            raise RunNotFoundError(f"run {run_id} has no checkpoint artifact under checkpoints/")
+        ensure_sample(OmegaConf.to_container(cfg.generate) if cfg.get("generate") else None)
+        dm = build_data(cfg)
+        model = build_model(cfg, dm)
+        model = type(model).load_from_checkpoint(str(ckpts[0]), net=model.net, weights_only=False)
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return RestoredRun(cfg=cfg, model=model, dm=dm, run_id=run_id, experiment=experiment)

@@ -1,0 +1,39 @@
+"""Make sure the generated sample an experiment trains on exists, generating it when missing.
+
+An experiment preset names its default sample in a ``generate:`` block (sample, n_events,
+seed, out, ...). When ``out`` holds no complete sample, ``calolab train`` runs the generator
+first; when it holds one made with other settings it refuses rather than train on the wrong
+events. Experiments on users' own ntuples set ``generate: null`` and point ``data.files`` at
+them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import open_dict
+
+from calolab.app import compose_config
+from calolab.generation.runner import reusable_sample, run_generation
+
+#: keys of a ``generate:`` block that are passed to ``calolab generate`` as overrides
+KEYS = ("n_events", "seed", "workers", "chunk_size", "out")
+
+
+def ensure_sample(gen: Mapping[str, Any] | None, progress: bool = True) -> dict | None:
+    """Return the manifest of the experiment's generated sample, generating it if missing."""
+    if gen is None:
+        return None
+    overrides = [f"sample={gen['sample']}", *(f"{k}={gen[k]}" for k in KEYS if gen.get(k) is not None)]
+    overrides += [f"pileup.{k}={v}" for k, v in (gen.get("pileup") or {}).items()]
+    overrides += [f"sample.{k}={v}" for k, v in (gen.get("sample_overrides") or {}).items()]
+    cfg = compose_config("generate", overrides)
+    with open_dict(cfg):
+        cfg.out = str(gen["out"])
+        cfg.progress = progress
+    manifest = reusable_sample(cfg, gen["sample"])
+    if manifest is not None:
+        return manifest
+    print(f"calolab: generating the {gen['sample']} sample ({cfg.n_events} events) into {cfg.out}")
+    return run_generation(cfg, gen["sample"])

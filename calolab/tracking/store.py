@@ -1,0 +1,76 @@
+"""Where runs are tracked: the explicit local default or a shared MLflow server.
+
+The default is MLflow on SQLite inside ``mlruns/`` (metadata ``mlruns/mlflow.db``, artifacts
+under ``mlruns/artifacts/<experiment>``), set explicitly rather than left to MLflow's own
+defaults, which depend on the working directory. ``tracking.uri=`` or ``MLFLOW_TRACKING_URI``
+points calolab at a shared server (``mlflow server`` backed by PostgreSQL) instead; the server
+then decides where artifacts go.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from calolab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrackingStore:
+    """A resolved tracking location.
+
+    Args:
+        uri: the MLflow tracking URI.
+        artifact_root: where new experiments keep artifacts (local stores only; None lets a
+            tracking server decide).
+    """
+
+    uri: str
+    artifact_root: str | None
+
+    @classmethod
+    def resolve(cls, uri: str | None, mlruns_dir: str | os.PathLike) -> TrackingStore:
+        """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else SQLite in ``mlruns_dir``."""
+        uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        if uri is None:
+            root = Path(mlruns_dir).expanduser().resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            return cls(f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri())
+        if "://" not in uri:
+            raise ConfigError(
+                f"tracking.uri must be a URI such as sqlite:///path/mlflow.db, http://host:5000 or "
+                f"postgresql://..., but got tracking.uri={uri!r}"
+            )
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            return cls(uri, (db.parent / "artifacts").as_uri())
+        if uri.startswith("file:"):
+            raise ConfigError(
+                "tracking.uri=file:... (MLflow's file store) is not supported: use sqlite:///<dir>/mlflow.db "
+                "or a tracking server"
+            )
+        return cls(uri, None)
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created (with this store's artifact root) if new."""
+        client = self.client()
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:  # created concurrently by another worker
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
