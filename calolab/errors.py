@@ -57,3 +57,7 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """Return a ``; did you mean ...?`` suffix for ``name`` among ``choices`` (or "")."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+class ExportError(CalolabError, RuntimeError):
+    """A trained net could not be exported, or the exported model does not reproduce it."""

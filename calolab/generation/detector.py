@@ -35,7 +35,7 @@ import awkward as ak
 import numpy as np
 
 from calolab.errors import CalolabError, ConfigError
-from calolab.generation.pileup import wrap_phi
+from calolab.generation.pileup import ranges, wrap_phi
 
 #: Absolute PDG ids that leave no signal anywhere in the detector.
 INVISIBLE_PIDS = (12, 14, 16, 1000022, 1000039)
@@ -65,9 +65,7 @@ def flat_field(events: ak.Array, name: str, dtype: type, default: float | None =
     return np.asarray(ak.flatten(events[name], axis=1), dtype=dtype)
 
 
-def _lognormal_smear(
-    values: np.ndarray, relative_sigma: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _lognormal_smear(values: np.ndarray, relative_sigma: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Smear positive ``values`` log-normally with mean ``values`` and the given relative width."""
     s2 = np.log1p(relative_sigma**2)
     return values * np.exp(rng.standard_normal(values.shape) * np.sqrt(s2) - 0.5 * s2)
@@ -95,7 +93,9 @@ class Detector:
         track_resolution: curvature term of the track resolution, sigma(pT)/pT per GeV of pT
             (ATLAS inner detector: ~0.05%).
         track_resolution_constant: multiple-scattering term of sigma(pT)/pT (~1%).
-        tower_e_min: towers with smeared energy below this (GeV) are dropped.
+        tower_e_min: towers with smeared energy below this (GeV) are dropped; 0.5 GeV is the
+            Delphes ATLAS/CMS cards' ECal tower threshold, and also keeps the number of towers
+            (hence the clustering time) down at high pileup.
     """
 
     def __init__(
@@ -111,7 +111,7 @@ class Detector:
         had_constant: float = 0.03,
         track_resolution: float = 5e-4,
         track_resolution_constant: float = 0.01,
-        tower_e_min: float = 0.1,
+        tower_e_min: float = 0.5,
     ) -> None:
         _check_positive("tower_size", tower_size)
         if tower_size > 1.0:
@@ -120,8 +120,7 @@ class Detector:
         _check_positive("tracker_eta_max", tracker_eta_max, allow_zero=True)
         if tracker_eta_max > eta_max:
             raise ConfigError(
-                f"tracker_eta_max must be <= eta_max={eta_max}, "
-                f"but got tracker_eta_max={tracker_eta_max}"
+                f"tracker_eta_max must be <= eta_max={eta_max}, but got tracker_eta_max={tracker_eta_max}"
             )
         for name, value in [
             ("track_pt_min", track_pt_min),
@@ -173,23 +172,26 @@ class Detector:
         """
         n_events = len(particles)
         counts = np.asarray(ak.num(particles, axis=1), dtype=np.int64)
-        event = np.repeat(np.arange(n_events), counts)  # (P,)
-        pt = flat_field(particles, "pt", np.float64)
+        # Keep only what the detector sees: in the calorimeter acceptance, not invisible, and
+        # muons only inside the tracker.
         eta = flat_field(particles, "eta", np.float64)
-        phi = flat_field(particles, "phi", np.float64)
-        energy = flat_field(particles, "e", np.float64)
-        mass = flat_field(particles, "m", np.float64)
         apid = np.abs(flat_field(particles, "pid", np.int64))
-        charge = flat_field(particles, "charge", np.float32)
-        pileup = flat_field(particles, "is_pileup", np.bool_, default=False)
-
         with np.errstate(invalid="ignore"):
-            in_tracker = np.abs(eta) < self.tracker_eta_max
-            in_calo = np.abs(eta) < self.eta_max
-        charged = charge != 0
-        is_track = charged & in_tracker & (pt > self.track_pt_min)
-        visible = ~np.isin(apid, INVISIBLE_PIDS) & ~((apid == MUON_PID) & ~in_tracker)
-        in_tower = visible & in_calo & ~is_track
+            abs_eta = np.abs(eta)
+            in_tracker = abs_eta < self.tracker_eta_max
+            seen = (abs_eta < self.eta_max) & ~np.isin(apid, INVISIBLE_PIDS) & ((apid != MUON_PID) | in_tracker)
+        seen = np.flatnonzero(seen)  # (P_seen,) positions in the flat particle list
+        event = np.repeat(np.arange(n_events), counts)[seen]
+        eta, apid, in_tracker = eta[seen], apid[seen], in_tracker[seen]
+        pt = flat_field(particles, "pt", np.float64)[seen]
+        phi = flat_field(particles, "phi", np.float64)[seen]
+        energy = flat_field(particles, "e", np.float64)[seen]
+        mass = flat_field(particles, "m", np.float64)[seen]
+        charge = flat_field(particles, "charge", np.float32)[seen]
+        pileup = flat_field(particles, "is_pileup", np.bool_, default=False)[seen]
+
+        is_track = (charge != 0) & in_tracker & (pt > self.track_pt_min)
+        in_tower = ~is_track
 
         # Tracks: smear pT, keep direction and mass.
         t_pt = pt[is_track]
@@ -216,11 +218,20 @@ class Detector:
             rng,
         )
 
-        all_event = np.concatenate([event[is_track], tower_event])
-        order = np.argsort(all_event, kind="stable")  # tracks then towers within each event
-        columns = {name: np.concatenate([tracks[name], towers[name]])[order] for name in tracks}
-        out_counts = np.bincount(all_event, minlength=n_events)
-        return ak.unflatten(ak.zip(columns, depth_limit=1), out_counts)
+        # Scatter into one contiguous buffer per field: each event's tracks, then its towers.
+        n_tracks = np.bincount(event[is_track], minlength=n_events)
+        n_towers = np.bincount(tower_event, minlength=n_events)
+        offsets = np.concatenate([[0], np.cumsum(n_tracks + n_towers)])  # (N + 1,)
+        track_pos = ranges(offsets[:-1], n_tracks)
+        tower_pos = ranges(offsets[:-1] + n_tracks, n_towers)
+        contents = []
+        for name in CONSTITUENT_FIELDS:
+            column = np.empty(offsets[-1], dtype=tracks[name].dtype)
+            column[track_pos] = tracks[name]
+            column[tower_pos] = towers[name]
+            contents.append(ak.contents.NumpyArray(column))
+        record = ak.contents.RecordArray(contents, list(CONSTITUENT_FIELDS))
+        return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), record))
 
     def _towers(
         self,

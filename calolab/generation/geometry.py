@@ -10,6 +10,9 @@ went on. Because cells are projective, a transverse displacement ``d`` (cm) from
 radius ``R`` moves a deposit by ``d_eta = d_eta_direction / R`` and ``d_phi = d_phi_direction / R``
 at any eta (the 1/cosh(eta) of the longer flight path cancels the cosh(eta) of d eta / d theta).
 
+Longitudinally (:class:`DepthStack`), a path crosses the presampler material, EMB1, EMB2, EMB3
+and TileBar0, with depths in X0 for the EM part and interaction lengths for all of it.
+
 A window is a block of ``n_eta x n_phi`` cells of one layer, given by its first global cell
 index per candidate; :class:`Window` turns deposits into cell energies with one ``np.bincount``.
 """
@@ -17,6 +20,7 @@ index per candidate; :class:`Window` turns deposits into cell energies with one 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +61,7 @@ class LayerGrid:
 
     def phi_index(self, phi: np.ndarray) -> np.ndarray:
         """Global phi index (0 .. n_phi - 1) of the cells containing ``phi``, any phi accepted."""
-        return np.floor(np.mod(np.asarray(phi) + math.pi, 2.0 * math.pi) / self.d_phi).astype(np.int64) % self.n_phi
+        return np.floor((np.asarray(phi) + math.pi) * (1.0 / self.d_phi)).astype(np.int64) % self.n_phi
 
 
 #: The ATLAS barrel granularities used for every layer.
@@ -97,7 +101,9 @@ class Window:
     phi0: np.ndarray
 
     @classmethod
-    def centred_on(cls, grid: LayerGrid, shape: tuple[int, int], eta: np.ndarray, phi_from_minus_pi: np.ndarray) -> Window:
+    def centred_on(
+        cls, grid: LayerGrid, shape: tuple[int, int], eta: np.ndarray, phi_from_minus_pi: np.ndarray
+    ) -> Window:
         """The window of ``shape`` whose centre best matches the given centre position.
 
         Args:
@@ -134,7 +140,7 @@ class Window:
         ok = (i >= 0) & (i < self.n_eta) & (j < self.n_phi)
         flat = (event[ok] * self.n_eta + i[ok]) * self.n_phi + j[ok]
         size = n * self.n_eta * self.n_phi
-        cells = np.bincount(flat, weights=energy[ok], minlength=size)
+        cells = np.bincount(flat, weights=energy[ok], minlength=size).astype(np.float64, copy=False)
         return cells.reshape(n, self.n_eta, self.n_phi)
 
 
@@ -145,11 +151,13 @@ def search_hottest(
     seed_phi: np.ndarray,
     search: int,
     deposits: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    measure: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[Window, np.ndarray]:
     """Centre a window on the hottest cell within ``search`` cells of the seed.
 
     The deposits are summed once into a region ``2 search`` cells larger than the window and
-    anchored on the seed cell; the hottest cell of its central ``(2 search + 1)^2`` block becomes
+    anchored on the seed cell, and turned into measured cells by ``measure`` (fluctuations,
+    noise); the hottest measured cell of the region's central ``(2 search + 1)^2`` block becomes
     the window's central cell (index ``(n - 1) // 2`` along each axis) and the window is cut out
     of the region. Candidates without any positive energy there keep the seed cell.
 
@@ -159,18 +167,22 @@ def search_hottest(
         seed_eta, seed_phi: (N,) seed directions.
         search: half-width of the search block in cells.
         deposits: (event, eta, phi, energy) arrays of the layer's deposits.
+        measure: maps the (N, n_eta + 2 search, n_phi + 2 search) deposited energies to the
+            measured ones; identity if None.
 
     Returns:
-        The window and its (N, n_eta, n_phi) cell energies.
+        The window and its (N, n_eta, n_phi) measured cell energies.
     """
     n_eta, n_phi = shape
     c_eta, c_phi = (n_eta - 1) // 2, (n_phi - 1) // 2
     eta0 = grid.eta_index(seed_eta) - search - c_eta
     phi0 = (grid.phi_index(seed_phi) - search - c_phi) % grid.n_phi
     region = Window(grid, n_eta + 2 * search, n_phi + 2 * search, eta0, phi0).deposit(*deposits)
+    if measure is not None:
+        region = measure(region)
     block = region[:, c_eta : c_eta + 2 * search + 1, c_phi : c_phi + 2 * search + 1]
     n = len(eta0)
-    flat = block.reshape(n, -1)
+    flat = block.reshape(n, (2 * search + 1) ** 2)
     best = np.argmax(flat, axis=1)
     empty = flat[np.arange(n), best] <= 0.0
     a, b = np.divmod(best, 2 * search + 1)
@@ -180,3 +192,49 @@ def search_hottest(
     cells = region[np.arange(n)[:, None, None], rows, cols]  # (N, n_eta, n_phi)
     window = Window(grid, n_eta, n_phi, eta0 + a, (phi0 + b) % grid.n_phi)
     return window, cells
+
+
+@dataclass(frozen=True)
+class DepthStack:
+    """Longitudinal layout of the calorimeter along a path at eta = 0.
+
+    Depths along a path at pseudorapidity eta are divided by ``path_factor`` (cosh(eta) for
+    projective depth, 1 otherwise) before comparing them with these edges.
+
+    Attributes:
+        presampler_x0: dead material in front of EMB1 (energy there is lost).
+        depths_x0: (EMB1, EMB2, EMB3) depths.
+        lambda_per_x0: interaction lengths per radiation length of the EM calorimeter.
+        tile_depth_lambda: TileBar0 depth.
+    """
+
+    presampler_x0: float
+    depths_x0: tuple[float, float, float]
+    lambda_per_x0: float
+    tile_depth_lambda: float
+
+    @property
+    def edges_x0(self) -> np.ndarray:
+        """Back edges of presampler, EMB1, EMB2, EMB3 in X0."""
+        return np.cumsum([self.presampler_x0, *self.depths_x0])
+
+    @property
+    def edges_lambda(self) -> np.ndarray:
+        """Back edges of presampler, EMB1, EMB2, EMB3, TileBar0 in interaction lengths."""
+        em = self.edges_x0 * self.lambda_per_x0
+        return np.append(em, em[-1] + self.tile_depth_lambda)
+
+    def layer_of_x0(self, depth_x0: np.ndarray) -> np.ndarray:
+        """Layer of EM depths: -1 presampler (lost), 0-2 EMB1-3, 3 beyond EMB3 (to TileBar0)."""
+        return np.searchsorted(self.edges_x0, depth_x0, side="right").astype(np.int8) - 1
+
+    def layer_of_lambda(self, depth_lambda: np.ndarray) -> np.ndarray:
+        """Layer of hadronic depths: -1 presampler, 0-2 EMB1-3, 3 TileBar0, 4 beyond (lost)."""
+        return np.searchsorted(self.edges_lambda, depth_lambda, side="right").astype(np.int8) - 1
+
+    def path_before(self, stop_lambda: np.ndarray) -> np.ndarray:
+        """(P, 4) fraction of EMB1, EMB2, EMB3, TileBar0 crossed before depth ``stop_lambda``."""
+        edges = self.edges_lambda
+        front, back = edges[:-1], edges[1:]  # the four layers' front and back edges
+        crossed = np.clip(np.asarray(stop_lambda)[:, None] - front, 0.0, None)
+        return np.minimum(crossed, back - front) / (back - front)

@@ -50,20 +50,35 @@ def _cluster(
     e: np.ndarray,
     counts: np.ndarray,
     jet_def: fastjet.JetDefinition,
+    fraction_of_leading: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cluster every event and return its inclusive jets as flat index arrays.
+    """Cluster every event and return its hardest inclusive jets as flat index arrays.
+
+    FastJet's constituent lookup costs time for every jet it returns, so only jets above
+    ``fraction_of_leading`` x (the lowest leading-jet pT of the batch) are asked for: this keeps
+    every event's leading jet, and every jet above ``fraction_of_leading`` x its own event's
+    leading pT, which is all the callers look at.
 
     Args:
         px, py, pz, e: flat particle four-momenta, grouped by event.
         counts: (N,) particles per event.
         jet_def: the jet definition.
+        fraction_of_leading: the fraction of the leading pT (at most 1) above which jets are kept.
 
     Returns:
         ``(jet_event, const_jet, const_index, jet_pt)``: the event of each jet, the jet of each
         constituent, the constituent's position in the flat input, and each jet's pT.
     """
     cluster_seq = fastjet.ClusterSequence(_jagged_momenta(px, py, pz, e, counts), jet_def)
-    index = cluster_seq.constituent_index(0.0)  # (N, jets, constituents) event-local
+    all_jets = cluster_seq.inclusive_jets(0.0)
+    all_pt = np.hypot(np.asarray(ak.flatten(all_jets.px)), np.asarray(ak.flatten(all_jets.py)))
+    all_event = np.repeat(np.arange(len(counts)), np.asarray(ak.num(all_jets, axis=1)))
+    leading_pt = np.zeros(len(counts))
+    np.maximum.at(leading_pt, all_event, all_pt)
+    has_jet = np.bincount(all_event, minlength=len(counts)) > 0
+    min_pt = fraction_of_leading * leading_pt[has_jet].min() * (1.0 - 1e-9) if has_jet.any() else 0.0
+
+    index = cluster_seq.constituent_index(min_pt)  # (N, jets, constituents) event-local
     jets_per_event = np.asarray(ak.num(index, axis=1), dtype=np.int64)
     const_per_jet = np.asarray(ak.flatten(ak.num(index, axis=2)), dtype=np.int64)
     local = np.asarray(ak.flatten(index, axis=None), dtype=np.int64)
@@ -151,7 +166,8 @@ class JetBuilder:
         Returns:
             ``(mask, jets)``: ``mask`` (N,) is True where the event has a leading jet inside the
             pT, eta/rapidity and mass windows; ``jets`` has one record per event with
-            ``jet_pt, jet_eta, jet_phi, jet_m, jet_tau21`` (NaN without a jet), ``jet_nconst``
+            ``jet_pt, jet_eta, jet_y, jet_phi, jet_m, jet_tau21`` (NaN without a jet; ``jet_y``
+            is the rapidity that ``use_rapidity`` cuts on), ``jet_nconst``
             (0 without a jet) and the constituent lists ``const_pt, const_eta, const_phi,
             const_charge, const_is_pileup`` of the (trimmed) jet, sorted by decreasing pT.
         """
@@ -164,7 +180,7 @@ class JetBuilder:
         px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
 
         # Leading jet: for each event, the jet that comes first when sorted by (event, -pT).
-        jet_event, const_jet, const_index, jet_pt = _cluster(px, py, pz, energy, counts, self._jet_def)
+        jet_event, const_jet, const_index, jet_pt = _cluster(px, py, pz, energy, counts, self._jet_def, 1.0)
         jets_per_event = np.bincount(jet_event, minlength=n_events)
         order = np.lexsort((-jet_pt, jet_event))
         first = np.cumsum(jets_per_event) - jets_per_event
@@ -209,7 +225,7 @@ class JetBuilder:
         """Keep the leading-jet constituents in kt subjets with pT >= fcut x jet pT."""
         counts = np.bincount(lead_event, minlength=n_events)
         sub_event, sub_const_jet, sub_const_index, sub_pt = _cluster(
-            px[lead_index], py[lead_index], pz[lead_index], energy[lead_index], counts, self._trim_def
+            px[lead_index], py[lead_index], pz[lead_index], energy[lead_index], counts, self._trim_def, self.trim_fcut
         )
         kept_subjet = sub_pt >= self.trim_fcut * lead_pt[sub_event]
         keep = np.zeros(len(lead_index), dtype=bool)

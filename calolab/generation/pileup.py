@@ -5,7 +5,9 @@ event itself, so the usual speed-up (see REFERENCE.md, "Pileup") is used: a pool
 events is generated once, and each hard event receives Poisson(mu) of them drawn with
 replacement, each rotated by its own random azimuth so that re-used pool events do not repeat
 the same pattern. Everything is vectorised over the whole batch: the draws become flat index
-arrays into the pool and the result is built with one ``ak.concatenate`` along the particle axis.
+arrays into the pool and the result is assembled with numpy scatters into one contiguous
+``ListOffsetArray`` (hard particles first in each event), which is what ``ak.concatenate``
+along axis 1 would give, without its lazy index layer.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ PARTICLE_DTYPES: dict[str, np.dtype] = {
 
 def wrap_phi(phi: np.ndarray) -> np.ndarray:
     """Wrap azimuthal angles into [-pi, pi)."""
-    return np.mod(phi + np.pi, 2.0 * np.pi) - np.pi
+    return phi - 2.0 * np.pi * np.floor((phi + np.pi) / (2.0 * np.pi))
 
 
 def with_pileup_flag(particles: ak.Array, value: bool = False) -> ak.Array:
@@ -119,12 +121,30 @@ class PileupPool:
         rotation = rng.uniform(-np.pi, np.pi, picks.size)  # (K,)
 
         sizes = self._counts[picks]  # (K,) particles per drawn event
-        first = np.cumsum(sizes) - sizes  # (K,) where each drawn event starts in the output
-        index = np.repeat(self._offsets[picks] - first, sizes) + np.arange(sizes.sum())
+        index = ranges(self._offsets[picks], sizes)  # (M,) pool particle of each overlay particle
         event_of_pick = np.repeat(np.arange(n_events), n_pileup)
         counts = np.bincount(event_of_pick, weights=sizes, minlength=n_events).astype(np.int64)
 
-        columns = {name: self._flat[name][index] for name in hard.fields}
-        columns["phi"] = wrap_phi(columns["phi"] + np.repeat(rotation, sizes))
-        pileup = ak.unflatten(ak.zip(columns, depth_limit=1), counts)
-        return ak.concatenate([hard, pileup], axis=1)
+        # Scatter hard and pileup particles into one contiguous buffer per field: hard first.
+        hard_counts = np.asarray(ak.num(hard, axis=1), dtype=np.int64)
+        out_offsets = np.concatenate([[0], np.cumsum(hard_counts + counts)])  # (N + 1,)
+        hard_pos = ranges(out_offsets[:-1], hard_counts)
+        pileup_pos = ranges(out_offsets[:-1] + hard_counts, counts)
+        columns = {}
+        for name in hard.fields:
+            hard_values = np.asarray(ak.flatten(hard[name], axis=1))
+            pool_values = self._flat[name][index]
+            if name == "phi":
+                pool_values = wrap_phi(pool_values + np.repeat(rotation, sizes))
+            column = np.empty(out_offsets[-1], dtype=np.result_type(hard_values, pool_values))
+            column[hard_pos] = hard_values
+            column[pileup_pos] = pool_values
+            columns[name] = ak.contents.NumpyArray(column)
+        record = ak.contents.RecordArray(list(columns.values()), list(columns))
+        return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(out_offsets), record))
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(start, start + length)`` for every (start, length) pair."""
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(starts - first, lengths) + np.arange(lengths.sum())

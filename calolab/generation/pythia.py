@@ -91,6 +91,8 @@ class PythiaGenerator:
         if not ok:
             raise GenerationError(f"{name}: Pythia initialisation failed for settings {list(settings)}")
         self._charge_cache: dict[int, float] = {}
+        #: Pythia's event weights of the last batch (1 unless a phase-space bias is on)
+        self.last_weights = np.zeros(0)
 
     def _charges(self, pid: np.ndarray) -> np.ndarray:
         """Charges (units of e) for PDG ids, looked up once per distinct id."""
@@ -119,6 +121,7 @@ class PythiaGenerator:
         PythiaGenerator.events_generated += len(batch)
         if len(batch) == 0 and n > 0:
             raise GenerationError(f"{self.name}: Pythia produced no events (check the process settings)")
+        self.last_weights = ak.to_numpy(batch["info"]["weights"][:, 0]).astype(np.float64)
         prt = batch["prt"]
         counts_all = ak.num(prt, axis=1)
         flat = ak.flatten(prt)

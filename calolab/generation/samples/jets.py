@@ -16,12 +16,12 @@ import awkward as ak
 import numpy as np
 
 from calolab.errors import ConfigError, GenerationError
-from calolab.generation.pythia import PythiaGenerator
+from calolab.generation.pythia import PythiaGenerator, _quiet_stdout
 from calolab.generation.samples.base import ChunkSeeds, PileupSpec, Progress, Sample, check_fraction, shuffle_together
 
 MEV = 1000.0
 MAX_BATCHES = 10_000
-CONST_FIELDS = ("pt", "eta", "phi", "charge", "is_pileup")
+PARTICLE_FIELDS = ("pt", "eta", "phi", "e", "m", "pid", "charge")
 
 
 class JetSample(Sample):
@@ -79,12 +79,14 @@ class JetSample(Sample):
                 prt, truth = gen.next_batch(self.batch_size), None
             else:
                 prt, truth = gen.next_batch(self.batch_size, truth_pid=match)
-            prt = ak.with_field(prt, ak.zeros_like(prt.pt, dtype=bool), "is_pileup")
+            prt = ak.zip({f: prt[f] for f in PARTICLE_FIELDS} | {"is_pileup": ak.zeros_like(prt.pt, dtype=bool)})
             if pileup.pool is not None and pileup.mu > 0:
                 prt = pileup.pool.overlay(prt, float(pileup.mu), rng)
             constituents = self.detector.reconstruct(prt, rng)
-            ok, jets = self.jets.build(constituents)
+            with _quiet_stdout():  # FastJet prints its banner on first use
+                ok, jets = self.jets.build(constituents)
             ok = np.asarray(ok, bool)
+            jets = {f: jets[f] for f in jets.fields} if isinstance(jets, ak.Array) else dict(jets)
             if truth is not None:
                 dphi = (np.asarray(jets["jet_phi"]) - ak.to_numpy(truth.phi) + np.pi) % (2 * np.pi) - np.pi
                 deta = np.asarray(jets["jet_eta"]) - ak.to_numpy(truth.eta)
@@ -92,7 +94,7 @@ class JetSample(Sample):
             keep = np.flatnonzero(ok)[: n_wanted - have]
             if len(keep) == 0:
                 continue
-            pieces.append({k: v[keep] for k, v in jets.items()})
+            pieces.append({k: v[keep] if isinstance(v, ak.Array) and v.ndim > 1 else np.asarray(v)[keep] for k, v in jets.items()})
             have += len(keep)
             progress(len(keep))
         else:

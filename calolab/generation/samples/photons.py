@@ -152,7 +152,7 @@ class PhotonSample(Sample):
             ceta, cphi = c["eta"][keep], c["phi"][keep]
             dr2 = (sub.eta - ceta) ** 2 + _delta_phi(sub.phi, cphi) ** 2
             near.append(sub[dr2 < self.cone**2])
-            cands.append({k: v[keep] for k, v in c.items()})
+            cands.append({**{k: v[keep] for k, v in c.items()}, "weight": gen.last_weights[keep]})
             have += len(keep)
             progress(len(keep))
         else:
@@ -161,7 +161,7 @@ class PhotonSample(Sample):
                 f"after {MAX_BATCHES} batches; is the E_T window [{self.et_min}, {self.et_max}] GeV reachable?"
             )
         if not cands:
-            return {k: np.zeros(0) for k in ("pt", "eta", "phi", "pdgid")}, None
+            return {k: np.zeros(0) for k in ("pt", "eta", "phi", "pdgid", "weight")}, None
         merged = {k: np.concatenate([c[k] for c in cands]) for k in cands[0]}
         return merged, ak.concatenate(near, axis=0)
 
@@ -180,6 +180,7 @@ class PhotonSample(Sample):
             "truth_label": np.full(n, label, np.int32),
             "truth_pdgid": cands["pdgid"].astype(np.int32),
             "mu": np.full(n, mu, np.float32),
+            "mc_weight": cands["weight"].astype(np.float32),
             "is_unhealthy": np.asarray(cells["is_unhealthy"], bool),
         }
         out.update({k: np.asarray(v, np.float32) for k, v in layers.items()})
