@@ -23,6 +23,10 @@ from calolab.errors import CalolabError
 ROOT_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT_DIR / "conf"
 
+# calolab runs on clusters without outbound network: no usage telemetry from MLflow
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
 if not OmegaConf.has_resolver("calolab_root"):
     OmegaConf.register_new_resolver("calolab_root", lambda: str(ROOT_DIR))
 

@@ -1,1 +1,5 @@
-"""LightningModules, one per training scheme; plain nn.Module nets live in ``nets/``."""
+"""LightningModules, one per training scheme; plain nets in ``nets/``."""
+
+from lightning_modules.classifier import BinaryClassifier
+
+__all__ = ["BinaryClassifier"]

@@ -35,9 +35,6 @@ def export_model(cfg: DictConfig, model, dm, out_dir: Path, log: bool = True) ->
         "dataset_digest": dm.digest,
         "config_digest": config_digest(cfg),
         "normalisation": json.dumps(summary.get("normalisation")),
-        "input_names": json.dumps(list(dm.input_names)),
-        "input_shapes": json.dumps({k: list(v) for k, v in dm.input_shapes.items()}),
-        "output": "score: signal probability (sigmoid of the logit), shape (batch,)",
     }
     net = model.net.cpu().eval()
     path = export_onnx(

@@ -112,7 +112,9 @@ def _log_models(model: pl.LightningModule, dm, onnx_path: Path) -> None:
     import onnx
 
     net = model.net.eval().cpu()
-    mlflow.pytorch.log_model(net, name="pytorch", pip_requirements=["torch"])
+    # pickle: the multi-input net is loadable wherever calolab is installed (MLflow's pt2 format
+    # accepts only single-tensor signatures); ONNX is the framework-free deployment format
+    mlflow.pytorch.log_model(net, name="pytorch", serialization_format="pickle", pip_requirements=["torch", "calolab"])
     mlflow.onnx.log_model(
         onnx.load(str(onnx_path)), name="onnx", pip_requirements=["onnxruntime"], save_as_external_data=False
     )

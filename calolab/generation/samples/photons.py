@@ -38,16 +38,42 @@ def _delta_phi(a, b):
     return (a - b + np.pi) % (2 * np.pi) - np.pi
 
 
+def core_cluster_et(layers: dict[str, np.ndarray], eta: np.ndarray) -> np.ndarray:
+    """E_T (MeV) of the 3x7 (eta x phi, middle-cell units) core cluster, as ATLAS barrel photons.
+
+    The windows are centred on the hottest EMB2 cell; the core is the central 3x7 EMB2 cells,
+    the 24 strips of EMB1 under them (all 3 phi cells), and EMB3's central 2x7 cells. The full
+    windows hold the surrounding jet activity too, which belongs to isolation, not to the photon.
+    """
+
+    def central(a: np.ndarray, n_eta: int, n_phi: int) -> np.ndarray:
+        _, h, w = a.shape
+        i0, j0 = (h - n_eta) // 2, (w - n_phi) // 2
+        return a[:, i0 : i0 + n_eta, j0 : j0 + n_phi].sum(axis=(1, 2))
+
+    e = central(layers["cells_EMB2"], 3, 7)
+    e = e + central(layers["cells_EMB1"], 24, layers["cells_EMB1"].shape[2])
+    e = e + central(layers["cells_EMB3"], 2, 7)
+    return (e / np.cosh(eta)).astype(np.float32)
+
+
 class PhotonSample(Sample):
     """Prompt photons (signal, label 1) and photon candidates in QCD jets (background, label 0).
+
+    A candidate is seeded at truth level (the prompt photon, or the leading hadron decaying to
+    photons with pT above ``seed_pt_min_gev``), its surroundings are deposited in the
+    calorimeter, and it is kept when the reconstructed 3x7 core cluster has E_T in
+    [``et_min_gev``, ``et_max_gev``] and |eta| < ``eta_max``: as in ATLAS, a jet fakes a
+    photon through its EM cluster, which holds more than the seed pi0.
 
     Args:
         signal_settings: Pythia settings of the signal process.
         background_settings: Pythia settings of the background process.
         calorimeter: the calorimeter model that turns particles into cells.
-        et_min_gev, et_max_gev: window on the true candidate E_T.
-        eta_max: |eta| acceptance of the candidate (barrel: 1.37).
-        cone: particles within this Delta R of the candidate are deposited.
+        et_min_gev, et_max_gev: window on the reconstructed cluster E_T.
+        eta_max: |eta| acceptance of the cluster (barrel: 1.37).
+        seed_pt_min_gev: minimum truth pT of a candidate's seed (photon or hadron).
+        cone: particles within this Delta R of the seed are deposited.
         signal_fraction: fraction of signal events in the sample.
         batch_size: Pythia events generated per vectorised batch.
         ecm_gev: centre-of-mass energy.
@@ -64,6 +90,7 @@ class PhotonSample(Sample):
         et_min_gev: float = 20.0,
         et_max_gev: float = 150.0,
         eta_max: float = 1.37,
+        seed_pt_min_gev: float = 8.0,
         cone: float = 0.4,
         signal_fraction: float = 0.5,
         batch_size: int = 200,
@@ -72,6 +99,8 @@ class PhotonSample(Sample):
         check_window("et_min_gev/et_max_gev", et_min_gev, et_max_gev)
         if not 0 < eta_max <= 1.4:
             raise ConfigError(f"eta_max must be in (0, 1.4] (EM barrel), but got eta_max={eta_max}")
+        if not 0 < seed_pt_min_gev <= et_max_gev:
+            raise ConfigError(f"seed_pt_min_gev must be in (0, et_max_gev], but got seed_pt_min_gev={seed_pt_min_gev}")
         if not 0 < cone <= 1.0:
             raise ConfigError(f"cone must be in (0, 1], but got cone={cone}")
         if batch_size <= 0:
@@ -80,112 +109,106 @@ class PhotonSample(Sample):
         self.background_settings = list(background_settings)
         self.calorimeter = calorimeter
         self.et_min, self.et_max, self.eta_max = float(et_min_gev), float(et_max_gev), float(eta_max)
+        self.seed_pt_min = float(seed_pt_min_gev)
         self.cone = float(cone)
         self.signal_fraction = check_fraction("signal_fraction", signal_fraction)
         self.batch_size = int(batch_size)
         self.ecm_gev = float(ecm_gev)
 
-    # -- candidates -------------------------------------------------------------------------
-    def _in_window(self, pt, eta):
-        return (pt >= self.et_min) & (pt <= self.et_max) & (np.abs(eta) < self.eta_max)
+    # -- truth seeds ------------------------------------------------------------------------
+    def _seeded(self, pt, eta):
+        # a little margin in eta: the cluster barycentre may move across the acceptance edge
+        return (pt >= self.seed_pt_min) & (pt <= self.et_max * 1.5) & (np.abs(eta) < self.eta_max + 0.05)
 
-    def _signal_candidates(self, prt: ak.Array) -> dict[str, np.ndarray]:
+    def _signal_seeds(self, prt: ak.Array) -> dict[str, np.ndarray]:
         """Leading final-state photon not from a hadron decay, per event."""
         ph = prt[(prt.pid == 22) & (np.abs(prt.mother_pid) < 100)]
-        best = ak.argmax(ph.pt, axis=1, keepdims=True)
-        lead = ak.firsts(ph[best])
-        pt = ak.to_numpy(ak.fill_none(lead.pt, 0.0))
-        eta = ak.to_numpy(ak.fill_none(lead.eta, 0.0))
-        phi = ak.to_numpy(ak.fill_none(lead.phi, 0.0))
-        return {"pt": pt, "eta": eta, "phi": phi, "pdgid": np.full(len(pt), 22, np.int32)}
+        lead = ak.firsts(ph[ak.argmax(ph.pt, axis=1, keepdims=True)])
+        out = {k: ak.to_numpy(ak.fill_none(lead[k], 0.0)) for k in ("pt", "eta", "phi")}
+        out["pdgid"] = np.full(len(out["pt"]), 22, np.int32)
+        return out
 
-    def _background_candidates(self, prt: ak.Array) -> dict[str, np.ndarray]:
+    def _background_seeds(self, prt: ak.Array) -> dict[str, np.ndarray]:
         """Leading hadron decaying to photons (pi0, eta, ...), from its photons' summed momenta."""
         counts = ak.to_numpy(ak.num(prt, axis=1))
         event = np.repeat(np.arange(len(counts)), counts)
         flat = ak.flatten(prt)
-        pid = ak.to_numpy(flat.pid)
-        mpid = ak.to_numpy(flat.mother_pid)
+        pid, mpid = ak.to_numpy(flat.pid), ak.to_numpy(flat.mother_pid)
         sel = (pid == 22) & (np.abs(mpid) > 100)
         ev, mother = event[sel], ak.to_numpy(flat.mother)[sel]
-        pt, eta, phi, e = (ak.to_numpy(flat[f])[sel] for f in ("pt", "eta", "phi", "e"))
+        pt, eta, phi = (ak.to_numpy(flat[f])[sel] for f in ("pt", "eta", "phi"))
         key = ev.astype(np.int64) * 1_000_000 + mother
         groups, inv = np.unique(key, return_inverse=True)
         px = np.bincount(inv, pt * np.cos(phi), len(groups))
         py = np.bincount(inv, pt * np.sin(phi), len(groups))
         pz = np.bincount(inv, pt * np.sinh(eta), len(groups))
-        gpt = np.hypot(px, py)
+        gpt, gphi = np.hypot(px, py), np.arctan2(py, px)
         geta = np.arcsinh(pz / np.maximum(gpt, 1e-9))
-        gphi = np.arctan2(py, px)
         gev = groups // 1_000_000
         gpdg = np.zeros(len(groups), np.int32)
         gpdg[inv] = mpid[sel]
-        ok = self._in_window(gpt, geta)
-        # leading accepted group per event: sort by (event, -pt) and keep the first of each event
-        idx = np.flatnonzero(ok)
+        # leading seeded group per event: sort by (event, -pt), keep the first of each event
+        idx = np.flatnonzero(self._seeded(gpt, geta))
         idx = idx[np.lexsort((-gpt[idx], gev[idx]))]
         first = idx[np.r_[True, gev[idx][1:] != gev[idx][:-1]]] if len(idx) else idx
         n = len(counts)
         out = {k: np.zeros(n) for k in ("pt", "eta", "phi")}
         out["pdgid"] = np.zeros(n, np.int32)
-        out["pt"][gev[first]] = gpt[first]
-        out["eta"][gev[first]] = geta[first]
-        out["phi"][gev[first]] = gphi[first]
-        out["pdgid"][gev[first]] = gpdg[first]
-        del e
+        for k, v in (("pt", gpt), ("eta", geta), ("phi", gphi), ("pdgid", gpdg)):
+            out[k][gev[first]] = v[first]
         return out
 
-    def _collect(self, gen: PythiaGenerator, n_wanted: int, signal: bool, progress: Progress):
-        """Generate until ``n_wanted`` accepted candidates; return candidates and nearby particles."""
-        cands, near = [], []
-        have = 0
+    # -- candidates -------------------------------------------------------------------------
+    def _simulate(self, seeds, near, label: int, mu: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        n = len(seeds["pt"])
+        cells = self.calorimeter.simulate(near, seeds["eta"], seeds["phi"], np.full(n, mu), rng)
+        layers = {k: v for k, v in cells.items() if k.startswith("cells_")}
+        out = {
+            "ph_pt": core_cluster_et(layers, cells["cl_eta"]),
+            "ph_eta": np.asarray(cells["cl_eta"], np.float32),
+            "ph_phi": np.asarray(cells["cl_phi"], np.float32),
+            "truth_pt": (seeds["pt"] * MEV).astype(np.float32),
+            "truth_eta": seeds["eta"].astype(np.float32),
+            "truth_label": np.full(n, label, np.int32),
+            "truth_pdgid": seeds["pdgid"].astype(np.int32),
+            "mu": np.full(n, mu, np.float32),
+            "mc_weight": seeds["weight"].astype(np.float32),
+            "is_unhealthy": np.asarray(cells["is_unhealthy"], bool),
+        }
+        out.update({k: np.asarray(v, np.float32) for k, v in layers.items()})
+        return out
+
+    def _collect(self, gen: PythiaGenerator, n_wanted: int, label: int, mu: float, rng, progress: Progress):
+        """Generate, seed, simulate and select until ``n_wanted`` candidates are accepted."""
+        parts, have = [], 0
         for _ in range(MAX_BATCHES):
             if have >= n_wanted:
                 break
             prt = gen.next_batch(self.batch_size)
-            c = self._signal_candidates(prt) if signal else self._background_candidates(prt)
-            ok = self._in_window(c["pt"], c["eta"])
-            if not ok.any():
+            seeds = self._signal_seeds(prt) if label == 1 else self._background_seeds(prt)
+            idx = np.flatnonzero(self._seeded(seeds["pt"], seeds["eta"]))
+            if len(idx) == 0:
                 continue
-            keep = np.flatnonzero(ok)[: n_wanted - have]
-            sub = prt[keep]
-            ceta, cphi = c["eta"][keep], c["phi"][keep]
-            dr2 = (sub.eta - ceta) ** 2 + _delta_phi(sub.phi, cphi) ** 2
-            near.append(sub[dr2 < self.cone**2])
-            cands.append({**{k: v[keep] for k, v in c.items()}, "weight": gen.last_weights[keep]})
-            have += len(keep)
-            progress(len(keep))
+            sub = prt[idx]
+            seeds = {k: v[idx] for k, v in seeds.items()} | {"weight": gen.last_weights[idx]}
+            dr2 = (sub.eta - seeds["eta"]) ** 2 + _delta_phi(sub.phi, seeds["phi"]) ** 2
+            cand = self._simulate(seeds, sub[dr2 < self.cone**2], label, mu, rng)
+            et = cand["ph_pt"] / MEV
+            keep = np.flatnonzero((et >= self.et_min) & (et <= self.et_max) & (np.abs(cand["ph_eta"]) < self.eta_max))
+            keep = keep[: n_wanted - have]
+            if len(keep):
+                parts.append({k: v[keep] for k, v in cand.items()})
+                have += len(keep)
+                progress(len(keep))
         else:
             raise GenerationError(
-                f"photons: only {have} of {n_wanted} {'signal' if signal else 'background'} candidates "
-                f"after {MAX_BATCHES} batches; is the E_T window [{self.et_min}, {self.et_max}] GeV reachable?"
+                f"photons: only {have} of {n_wanted} {'signal' if label else 'background'} candidates after "
+                f"{MAX_BATCHES} batches; is the E_T window [{self.et_min}, {self.et_max}] GeV reachable?"
             )
-        if not cands:
-            return {k: np.zeros(0) for k in ("pt", "eta", "phi", "pdgid", "weight")}, None
-        merged = {k: np.concatenate([c[k] for c in cands]) for k in cands[0]}
-        return merged, ak.concatenate(near, axis=0)
-
-    # -- chunk ------------------------------------------------------------------------------
-    def _simulate(self, cands, near, label: int, mu: float, rng: np.random.Generator):
-        n = len(cands["pt"])
-        cells = self.calorimeter.simulate(near, cands["eta"], cands["phi"], np.full(n, mu), rng)
-        layers = {k: v for k, v in cells.items() if k.startswith("cells_")}
-        shapes = compute_shower_shapes(layers, cells["cl_eta"])
-        out = {
-            "ph_pt": np.asarray(cells["cl_et"], np.float32),
-            "ph_eta": np.asarray(cells["cl_eta"], np.float32),
-            "ph_phi": np.asarray(cells["cl_phi"], np.float32),
-            "truth_pt": (cands["pt"] * MEV).astype(np.float32),
-            "truth_eta": cands["eta"].astype(np.float32),
-            "truth_label": np.full(n, label, np.int32),
-            "truth_pdgid": cands["pdgid"].astype(np.int32),
-            "mu": np.full(n, mu, np.float32),
-            "mc_weight": cands["weight"].astype(np.float32),
-            "is_unhealthy": np.asarray(cells["is_unhealthy"], bool),
-        }
-        out.update({k: np.asarray(v, np.float32) for k, v in layers.items()})
-        out.update({k: np.asarray(v, np.float32) for k, v in shapes.items()})
-        return out
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        layers = {k: v for k, v in merged.items() if k.startswith("cells_")}
+        merged.update({k: np.asarray(v, np.float32) for k, v in compute_shower_shapes(layers, merged["ph_eta"]).items()})
+        return merged
 
     def generate(self, n_events: int, n_signal: int, seeds: ChunkSeeds, pileup: PileupSpec, progress: Progress):
         parts = []
@@ -194,9 +217,7 @@ class PhotonSample(Sample):
             n = n_signal if label == 1 else n_events - n_signal
             if n <= 0:
                 continue
-            gen = PythiaGenerator(
-                settings, seeds.pythia(stream), self.ecm_gev, name=f"photons/{'signal' if label else 'background'}"
-            )
-            cands, near = self._collect(gen, n, bool(label), progress)
-            parts.append(self._simulate(cands, near, label, float(pileup.mu), rng))
+            name = f"photons/{'signal' if label else 'background'}"
+            gen = PythiaGenerator(settings, seeds.pythia(stream), self.ecm_gev, name=name)
+            parts.append(self._collect(gen, n, label, float(pileup.mu), rng, progress))
         return shuffle_together(rng, parts)

@@ -1,0 +1,195 @@
+"""The evaluation's PNG figures, drawn in mplhep's ATLAS style with a "calolab Simulation" label.
+
+Each function draws one figure from numbers already computed (ROC curves, binned efficiencies,
+score histograms, pixel-correlation maps) and writes it to ``path``. Figures are built as
+``matplotlib.figure.Figure`` objects on an explicit Agg canvas, never through pyplot: no display
+or global backend is touched, nothing is left open, and the style is applied only inside
+``matplotlib.style.context`` so the caller's rcParams are unchanged. The label's right-hand text
+names the sample (``title``) and the number of test events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib.style
+import mplhep
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter
+
+from calolab.errors import InputFileError
+
+#: Curves with more points than this are thinned for drawing (the metrics use every point).
+MAX_CURVE_POINTS = 4000
+
+
+@contextmanager
+def _figure(
+    path: Path,
+    rlabel: str,
+    nrows: int = 1,
+    ncols: int = 1,
+    figsize: tuple[float, float] | None = None,
+    **subplots,
+) -> Iterator[tuple[Figure, Axes | np.ndarray]]:
+    """Yield a styled, labelled figure and its axes, then write the PNG.
+
+    The label goes on the first axes before anything is drawn: mplhep renders the figure to
+    place it, which is cheap on empty axes and costs a full extra render on a finished plot.
+    Callers must not resize the axes afterwards (pre-allocate colour-bar axes instead).
+    """
+    with matplotlib.style.context(mplhep.style.ATLAS):
+        fig = Figure(figsize=figsize)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, squeeze=True, **subplots)
+        first = axes if isinstance(axes, Axes) else axes.flat[0]
+        mplhep.atlas.label(ax=first, exp="calolab", data=False, loc=0, rlabel=rlabel, scilocator_adjust=False)
+        yield fig, axes
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, format="png")
+        except OSError as err:
+            raise InputFileError(f"cannot write figure {path}: {err}") from err
+
+
+def _rlabel(title: str, n_events: int) -> str:
+    return f"{title + ', ' if title else ''}{n_events:,} test events"
+
+
+def _thin(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    n = len(arrays[0])
+    if n <= MAX_CURVE_POINTS:
+        return arrays
+    keep = np.unique(np.linspace(0, n - 1, MAX_CURVE_POINTS).astype(np.int64))
+    return tuple(a[keep] for a in arrays)
+
+
+def plot_roc(
+    path: Path,
+    curves: Sequence[Mapping],
+    points: Sequence[Mapping] = (),
+    *,
+    title: str = "",
+    n_events: int,
+) -> Path:
+    """Background rejection 1/eps_B (log) against signal efficiency.
+
+    Args:
+        curves: ``{"name", "eff_sig", "eff_bkg", "auc"}`` per classifier (from ``roc_curve``).
+        points: ``{"name", "eff_sig", "rejection"}`` per cut-based working point (a marker).
+    """
+    with _figure(path, _rlabel(title, n_events)) as (_, ax):
+        for curve in curves:
+            es, eb = np.asarray(curve["eff_sig"]), np.asarray(curve["eff_bkg"])
+            ok = eb > 0
+            es, eb = _thin(es[ok], eb[ok])
+            ax.plot(es, 1.0 / eb, label=f"{curve['name']} (AUC = {curve['auc']:.3f})")
+        grid = np.linspace(0.01, 1.0, 200)
+        ax.plot(grid, 1.0 / grid, ls=":", color="grey", label="Random (AUC = 0.5)")
+        for point in points:
+            ax.plot([point["eff_sig"]], [point["rejection"]], ls="none", marker="*", ms=16, label=point["name"])
+        ax.set_yscale("log")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(bottom=1.0)
+        ax.set_xlabel(r"Signal efficiency $\varepsilon_S$")
+        ax.set_ylabel(r"Background rejection $1/\varepsilon_B$")
+        ax.legend(loc="upper right")
+    return Path(path)
+
+
+def plot_binned_efficiency(
+    path: Path,
+    tables: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    xlabel: str,
+    title: str = "",
+    n_events: int,
+) -> Path:
+    """Signal (top) and background (bottom) efficiency in bins, one series per working point.
+
+    Args:
+        tables: working-point name -> the output of :func:`~calolab.evaluation.metrics.binned_efficiency`.
+        xlabel: the binned quantity with its unit, e.g. ``r"$p_T$ [GeV]"``.
+    """
+    with _figure(path, _rlabel(title, n_events), nrows=2, figsize=(8.0, 8.0), sharex=True) as (_, (ax_s, ax_b)):
+        markers = iter(("o", "s", "^", "v", "D"))
+        lo, hi = [], []
+        for name, tab in tables.items():
+            edges = np.asarray(tab["edges"], dtype=np.float64)
+            centre, half = 0.5 * (edges[1:] + edges[:-1]), 0.5 * np.diff(edges)
+            kw = {"ls": "none", "marker": next(markers, "o"), "capsize": 0}
+            sig_eff, sig_err = np.asarray(tab["sig_eff"], np.float64), np.asarray(tab["sig_err"], np.float64)
+            ax_s.errorbar(centre, sig_eff, yerr=sig_err, xerr=half, label=name, **kw)
+            ax_b.errorbar(centre, tab["bkg_eff"], yerr=tab["bkg_err"], xerr=half, **kw)
+            lo.append(np.nanmin(sig_eff - sig_err, initial=np.inf))
+            hi.append(np.nanmax(sig_eff + sig_err, initial=-np.inf))
+        if np.isfinite(min(lo, default=np.inf)) and np.isfinite(max(hi, default=-np.inf)):
+            span = max(max(hi) - min(lo), 0.02)  # leave the lower part of the panel to the legend
+            ax_s.set_ylim(min(lo) - 0.25 * len(tables) * span, max(hi) + 0.1 * span)
+        ax_s.set_ylabel(r"Signal efficiency $\varepsilon_S$")
+        ax_b.set_ylabel(r"Background efficiency $\varepsilon_B$")
+        ax_b.set_xlabel(xlabel)
+        ax_s.legend(loc="lower left")
+    return Path(path)
+
+
+def plot_score(
+    path: Path,
+    label: np.ndarray,
+    score: np.ndarray,
+    weight: np.ndarray,
+    *,
+    xlabel: str = "Network output",
+    title: str = "",
+    bins: int = 50,
+    class_names: tuple[str, str] = ("Signal", "Background"),
+) -> Path:
+    """Weighted score distributions of signal and background, each normalised to unit area."""
+    label = np.asarray(label).astype(bool)
+    score = np.asarray(score, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    lo, hi = float(score.min()), float(score.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    with _figure(path, _rlabel(title, len(score))) as (_, ax):
+        for mask, name in zip((label, ~label), class_names, strict=True):
+            h, _ = np.histogram(score[mask], edges, weights=weight[mask])
+            h2, _ = np.histogram(score[mask], edges, weights=weight[mask] ** 2)
+            norm = weight[mask].sum() * np.diff(edges)
+            mplhep.histplot(h / norm, edges, yerr=np.sqrt(h2) / norm, ax=ax, label=name, histtype="step")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Normalised density (weighted)")
+        ax.legend(loc="upper center")
+    return Path(path)
+
+
+def plot_correlation_map(path: Path, corr: np.ndarray, layer: str, *, title: str = "", n_events: int) -> Path:
+    """Heat map of the per-pixel Pearson correlation with the network output, (eta x phi) cells.
+
+    A diverging colour map centred at 0; pixels without a defined correlation (constant) are grey.
+    """
+    corr = np.asarray(corr, dtype=np.float64)  # (eta, phi)
+    finite = corr[np.isfinite(corr)]
+    vmax = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-3)
+    rlabel = _rlabel(f"{title + ' ' if title else ''}{layer}", n_events)
+    grid = {"width_ratios": (20, 1), "wspace": 0.05, "right": 0.86}  # room for the colour-bar label
+    with _figure(path, rlabel, ncols=2, gridspec_kw=grid) as (fig, (ax, cax)):
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgrey")
+        n_eta, n_phi = corr.shape
+        mesh = ax.pcolormesh(
+            np.arange(n_eta + 1), np.arange(n_phi + 1), np.ma.masked_invalid(corr.T), cmap=cmap, vmin=-vmax, vmax=vmax
+        )
+        ax.set_xlim(0, n_eta)
+        ax.set_ylim(0, n_phi)
+        bar = fig.colorbar(mesh, cax=cax, format=FormatStrFormatter("%.2g"))
+        bar.set_label("Pearson correlation with output")
+        ax.set_xlabel(rf"{layer} $\eta$ cell index")
+        ax.set_ylabel(rf"{layer} $\phi$ cell index")
+    return Path(path)

@@ -1,0 +1,276 @@
+"""ONNX export of a trained net, and the parity check that proves the export scores as PyTorch does.
+
+:func:`export_onnx` writes the net, wrapped so that its output is the signal probability
+``score`` (B,), with one graph input per calorimeter layer (named as the data module names them,
+in the net's forward order) and a dynamic ``batch`` axis. It uses torch's default
+``torch.export``-based exporter (``dynamo=True``): the TorchScript path (``dynamo=False``) still
+exists in torch 2.13 but is deprecated and warns. :func:`check_parity` runs the file with
+onnxruntime on test events at several batch sizes and compares with PyTorch; a model that fails
+it must not be logged or promoted. :func:`read_metadata` reads back the key/value metadata an
+offline or trigger framework needs (input names and shapes, run identifiers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from calolab.errors import ExportError, InputFileError
+
+OUTPUT_NAME = "score"
+BATCH_AXIS = "batch"
+# metadata keys written by export_onnx itself; user metadata may not override them
+INPUT_NAMES_KEY = "input_names"
+INPUT_SHAPES_KEY = "input_shapes"
+OUTPUT_KEY = "output"
+
+# Third-party noise during export, filtered by message so that anything else still surfaces:
+_EXPORT_WARNINGS = (
+    # torch's own pytree code copies a deprecated LeafSpec inside torch.export (torch 2.13)
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # all inputs share one batch symbol, which is named once; the repeats are reported
+    (UserWarning, rf"# The axis name: {BATCH_AXIS} will not be used, since it shares the same shape constraints"),
+)
+# logs "torchvision is not installed. Skipping torchvision::nms" and the like at WARNING
+_NOISY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+class _Scored(nn.Module):
+    """The net with a sigmoid on top: per-layer inputs -> signal probability (B,)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(*inputs))  # (B,)
+
+
+@contextmanager
+def _eval_mode(net: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, and restore each one's own mode afterwards."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    logger = logging.getLogger(_NOISY_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for category, message in _EXPORT_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_inputs(net: nn.Module, input_names: Sequence[str], input_shapes: Mapping[str, Sequence[int]]) -> None:
+    names = list(input_names)
+    if not names:
+        raise ExportError("input_names must name at least one input, but got none")
+    if len(set(names)) != len(names):
+        raise ExportError(f"input_names must be unique, but got {names}")
+    if set(names) != set(input_shapes):
+        raise ExportError(f"input_names {names} and the keys of input_shapes {list(input_shapes)} must match")
+    net_names = getattr(net, "input_names", None)
+    if net_names is not None and list(net_names) != names:
+        raise ExportError(
+            f"input_names {names} must be the net's forward order {list(net_names)} "
+            f"(the graph inputs would be mislabelled)"
+        )
+
+
+def export_onnx(
+    net: nn.Module,
+    input_names: list[str],
+    input_shapes: dict[str, Sequence[int]],
+    path: str | Path,
+    *,
+    metadata: dict[str, str] | None = None,
+    opset: int | None = None,
+) -> Path:
+    """Export ``net`` to ONNX at ``path`` with output ``score`` = sigmoid(logit) and a dynamic batch axis.
+
+    Args:
+        net: a net taking one tensor per input, in ``input_names`` order, and returning logits (B,).
+        input_names: graph input names, in the net's forward order.
+        input_shapes: per-event shape of each input (without the batch axis).
+        path: the ``.onnx`` file to write; written under a temporary name, then renamed.
+        metadata: string key/values stored as the model's ``metadata_props`` (e.g. run id, git
+            commit); ``input_names``, ``input_shapes`` (JSON) and ``output`` are added.
+        opset: ONNX opset; None takes torch's default.
+
+    Returns:
+        The path written. The net is exported in eval mode; its modes are restored afterwards.
+    """
+    _check_inputs(net, input_names, input_shapes)
+    names = list(input_names)
+    shapes = {name: [int(n) for n in input_shapes[name]] for name in names}
+    props = {
+        INPUT_NAMES_KEY: json.dumps(names),
+        INPUT_SHAPES_KEY: json.dumps(shapes),
+        OUTPUT_KEY: f"{OUTPUT_NAME}: signal probability, shape ({BATCH_AXIS},)",
+    }
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ExportError(f"metadata must map str to str, but got {key!r}: {value!r}")
+        if key in props:
+            raise ExportError(f"metadata key {key!r} is reserved: export_onnx writes it itself")
+        props[key] = value
+
+    path = Path(path)
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    # batch 2: torch.export specialises a dynamic axis whose example size is 0 or 1
+    example = tuple(torch.zeros(2, *shapes[name], device=device) for name in names)
+    batch = torch.export.Dim(BATCH_AXIS)
+    dynamic_shapes = (tuple({0: batch} for _ in names),)  # forward(*inputs): one entry, a tuple per input
+    with _eval_mode(net), _quiet_exporter():
+        wrapper = _Scored(net).eval()
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                example,
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as err:  # torch.export / torchlib errors come in many types
+            raise ExportError(f"could not export {type(net).__name__} to ONNX for {path}: {err}") from err
+    model = program.model_proto
+    graph_inputs = [i.name for i in model.graph.input]
+    if graph_inputs != names:
+        raise ExportError(f"exported graph inputs {graph_inputs} differ from input_names {names}")
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"exported ONNX model for {path} is invalid: {err}") from err
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise InputFileError(f"cannot write ONNX model {path}: {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except OSError as err:
+        raise InputFileError(f"cannot read ONNX model {path}: {err}") from err
+    except Exception as err:  # protobuf DecodeError and friends: not an ONNX file
+        raise InputFileError(f"{path} is not a readable ONNX model: {err}") from err
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def _session(path: Path):  # -> onnxruntime.InferenceSession
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise InputFileError(f"onnxruntime cannot load {path}: {err}") from err
+
+
+def check_parity(
+    path: str | Path,
+    net: nn.Module,
+    inputs: Sequence[np.ndarray],
+    *,
+    atol: float,
+    rtol: float,
+    batch_sizes: Sequence[int] = (1, 7, 64),
+) -> float:
+    """Compare the ONNX model at ``path`` with ``sigmoid(net(...))`` on test events.
+
+    onnxruntime (CPU) scores all events in one batch and again in batches of each of
+    ``batch_sizes`` (events repeated when there are fewer than a batch), proving the dynamic batch
+    axis; PyTorch scores them once, in eval mode (the net's modes are restored afterwards).
+
+    Args:
+        path: the exported model.
+        net: the PyTorch net it was exported from.
+        inputs: one array per graph input, in graph order, each ``(N, *shape)`` for N test events.
+        atol, rtol: tolerances of ``np.allclose(onnx, torch)``.
+        batch_sizes: the batch sizes to run onnxruntime at, besides all events at once.
+
+    Returns:
+        The largest ``|onnx - torch|`` seen.
+
+    Raises:
+        ExportError: when any comparison fails ``np.allclose``, or inputs do not fit the graph.
+    """
+    path = Path(path)
+    session = _session(path)
+    graph_inputs = session.get_inputs()
+    names = [i.name for i in graph_inputs]
+    arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in inputs]
+    if len(arrays) != len(names):
+        raise ExportError(f"{path} has {len(names)} inputs {names}, but {len(arrays)} arrays were given")
+    n_events = {a.shape[0] if a.ndim else 0 for a in arrays}
+    if len(n_events) != 1 or 0 in n_events:
+        raise ExportError(f"inputs must hold the same number (>= 1) of events, but have {[a.shape for a in arrays]}")
+    (n,) = n_events
+    for name, graph_input, array in zip(names, graph_inputs, arrays):
+        expected = list(graph_input.shape[1:])
+        if array.ndim != len(graph_input.shape) or any(
+            isinstance(e, int) and e != s for e, s in zip(expected, array.shape[1:])
+        ):
+            raise ExportError(f"input {name!r} of {path} takes events of shape {expected}, but got {array.shape[1:]}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ExportError(f"batch_sizes must be positive, but got {list(batch_sizes)}")
+
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with _eval_mode(net), torch.no_grad():
+        reference = torch.sigmoid(net(*(torch.from_numpy(a).to(device) for a in arrays))).cpu().numpy()  # (N,)
+
+    max_diff, failed = 0.0, False
+    for size in (n, *batch_sizes):
+        order = np.arange(max(n, size)) % n  # events repeated to fill at least one batch
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            (score,) = session.run([OUTPUT_NAME], {name: a[rows] for name, a in zip(names, arrays)})
+            expected = reference[rows]
+            if score.shape != expected.shape:
+                raise ExportError(f"{path} returned {OUTPUT_NAME} of shape {score.shape} for a batch of {len(rows)}")
+            max_diff = float(np.max([max_diff, *np.abs(score - expected)]))  # NaN propagates
+            failed |= not np.allclose(score, expected, atol=atol, rtol=rtol)
+    if failed:
+        raise ExportError(
+            f"ONNX parity check failed: max |onnx - torch| = {max_diff:.3g} > atol {atol:g} (rtol {rtol:g}) "
+            f"on {n} events of {path}"
+        )
+    return max_diff

@@ -1,0 +1,1 @@
+"""Tests of calolab.evaluation: metrics, baselines, plots and the photon-ID report."""
