@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,9 @@ def _log_models(model: pl.LightningModule, dm, onnx_path: Path) -> None:
     net = model.net.eval().cpu()
     # pickle: the multi-input net is loadable wherever calolab is installed (MLflow's pt2 format
     # accepts only single-tensor signatures); ONNX is the framework-free deployment format
-    mlflow.pytorch.log_model(net, name="pytorch", serialization_format="pickle", pip_requirements=["torch", "calolab"])
+    with warnings.catch_warnings():  # MLflow's pyfunc type-hint inference on nn.Module.forward(*inputs)
+        warnings.filterwarnings("ignore", message=".*type hint is inferred as AnyType.*", category=UserWarning)
+        mlflow.pytorch.log_model(net, name="pytorch", serialization_format="pickle", pip_requirements=["torch", "calolab"])
     mlflow.onnx.log_model(
         onnx.load(str(onnx_path)), name="onnx", pip_requirements=["onnxruntime"], save_as_external_data=False
     )

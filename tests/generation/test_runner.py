@@ -64,8 +64,8 @@ def test_invalid_chunking_option(generate_cfg):
         (["workers=0"], "workers must be >= 1"),
         (["pileup.mu=-1"], "pileup.mu must be a finite number >= 0"),
         (
-            ['sample.signal_settings=["PromptPhoton:all = sometimes"]'],
-            "invalid Pythia setting 'PromptPhoton:all = sometimes'",
+            ['sample.signal_settings=["PromptPhotn:all = on"]'],
+            "invalid Pythia setting 'PromptPhotn:all = on'",
         ),
     ],
 )

@@ -54,9 +54,12 @@ def test_photon_schema_units_and_mix(photons):
     assert np.asarray(arr.cells_EMB2).shape == (60, 7, 11)
     assert np.asarray(arr.cells_EMB3).shape == (60, 4, 11)
     assert np.asarray(arr.cells_TileBar0).shape == (60, 2, 3)
-    truth_pt = np.asarray(arr.truth_pt)
-    assert truth_pt.min() >= 20_000 and truth_pt.max() <= 150_000  # MeV
-    assert np.abs(np.asarray(arr.truth_eta)).max() < 1.37
+    # selected on the reconstructed 3x7 cluster E_T (MeV); seeds above 8 GeV at truth level
+    ph_pt = np.asarray(arr.ph_pt)
+    assert ph_pt.min() >= 20_000 and ph_pt.max() <= 150_000
+    assert np.abs(np.asarray(arr.ph_eta)).max() < 1.37
+    assert np.asarray(arr.truth_pt).min() >= 8_000
+    assert np.all(np.asarray(arr.mc_weight) > 0)
     assert sorted(np.asarray(arr.event_number).tolist()) == list(range(60))
     sig_pdg = np.asarray(arr.truth_pdgid)[np.asarray(arr.truth_label) == 1]
     bkg_pdg = np.asarray(arr.truth_pdgid)[np.asarray(arr.truth_label) == 0]
