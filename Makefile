@@ -5,8 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.calolab-installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-# default experiment inputs (until training lands: the default photon sample)
-RUN_EVENTS ?= 4000
+# the default experiment; override e.g. `make run RUN_ARGS="trainer.max_epochs=20"`
+RUN_ARGS ?=
 
 .PHONY: setup run test lint ui bench clean
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/calolab generate sample=photons n_events=$(RUN_EVENTS) workers=2 reuse=true
+	$(BIN)/calolab train experiment=photon_id $(RUN_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -m "not gpu"
@@ -33,6 +33,8 @@ ui: setup
 
 bench: setup
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train_cpu.py
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache
