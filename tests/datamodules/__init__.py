@@ -12,9 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import awkward as ak
 import numpy as np
-import uproot
 
 from datamodules import CaloDataModule
 
@@ -47,17 +45,9 @@ def photon_events(n: int, first: int = 0, seed: int = 0, signal_fraction: float 
 
 def write_tree(path: Path, arrays: Mapping[str, Any], tree: str = "photons") -> Path:
     """Write ``arrays`` (numpy, or awkward for jagged branches) as TTree ``tree`` to ``path``."""
-    types = {}
-    for name, arr in arrays.items():
-        if isinstance(arr, ak.Array):
-            types[name] = arr.type.content
-        else:
-            arr = np.asarray(arr)
-            types[name] = np.dtype((arr.dtype, arr.shape[1:])) if arr.ndim > 1 else arr.dtype
-    with uproot.recreate(path) as f:
-        t = f.mktree(tree, types)
-        if len(next(iter(arrays.values()))):
-            t.extend(dict(arrays))
+    from calolab.generation.writer import write_tree as write
+
+    write(Path(path), tree, arrays)
     return path
 
 
