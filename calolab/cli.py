@@ -16,6 +16,8 @@ COMMANDS = {
     "train": ("calolab.commands.train", "train an experiment (-m: sweep), evaluate, export, track in MLflow"),
     "evaluate": ("calolab.commands.evaluate", "re-run the test evaluation of a tracked run"),
     "export": ("calolab.commands.export", "re-export a tracked run to ONNX (parity-checked)"),
+    "promote": ("calolab.commands.promote", "promote a run via the MLflow model registry (champion / challenger)"),
+    "registry": ("calolab.commands.registry", "list registered models, versions, aliases and key metrics"),
 }
 
 USAGE = "usage: calolab <command> [overrides ...]\n\ncommands:\n" + "\n".join(
@@ -50,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"calolab: error: unknown command {command!r}{suggest(command, COMMANDS)}\n\n{USAGE}", file=sys.stderr)
         return 2
-    problem = check_group_choices(rest)
+    module = importlib.import_module(COMMANDS[command][0])
+    aliased = getattr(module, "ARG_ALIASES", {})  # keys a command renames before Hydra sees them
+    problem = check_group_choices([a for a in rest if a.partition("=")[0] not in aliased])
     if problem:
         print(f"calolab {command}: error: {problem}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"calolab {command}", *rest]
     module.main()
     return 0

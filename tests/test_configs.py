@@ -63,6 +63,14 @@ def test_every_sample_option_instantiates(option, tmp_path):
         check_keys_match_constructor(path, node)
 
 
+@pytest.mark.parametrize("option", options("registry"))
+def test_every_registry_option_composes(option):
+    from calolab.registry.policy import GatePolicy
+
+    cfg = compose_config("promote", [f"registry={option}"])
+    assert GatePolicy.from_config(cfg.registry) is not None
+
+
 @pytest.mark.parametrize("option", options("trainer"))
 def test_every_trainer_option_instantiates_on_cpu(option, tmp_path):
     cfg = compose_config("train", [f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1", "++trainer.num_nodes=1", "trainer.precision=32-true"])
@@ -89,6 +97,6 @@ def test_net_and_model_instantiate_with_data_shapes():
 def test_every_conf_file_is_reachable():
     """No orphan config: every group folder holds YAML files a test above composes."""
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
-    covered = set(TRAIN_GROUPS) | {"sample", "paths", "hydra"}
+    covered = set(TRAIN_GROUPS) | {"sample", "paths", "hydra", "registry"}
     assert groups <= covered, f"config groups without a composition test: {sorted(groups - covered)}"
     assert all(any(Path(CONF_DIR / g).glob("*.yaml")) for g in groups)

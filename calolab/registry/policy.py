@@ -1,0 +1,163 @@
+"""The promotion policy (``conf/registry/``): which metric decides, by how much, and the other gates.
+
+:class:`GatePolicy` mirrors ``conf/registry/<name>.yaml`` key for key (nested sections are the
+nested dataclasses) and checks every value where it enters, so that a bad override fails before
+any model is restored or any alias is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from calolab.errors import ConfigError, suggest
+
+#: Metrics a promotion can be decided on; each is recomputed on the frozen test split.
+METRICS = ("test/auc", "test/rej50", "test/rej80")
+MODES = ("max", "min")
+
+
+def _number(section: str, key: str, value: Any, *, minimum: float | None = None, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"registry.{section}{key} must be a finite number, but got {key}={value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"registry.{section}{key} must be >= {minimum:g}, but got {key}={value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ParityPolicy:
+    """ONNX parity gate: onnxruntime vs the restored PyTorch net on test events.
+
+    Args:
+        atol, rtol: tolerances of ``np.allclose(onnx, torch)`` (see :func:`calolab.export.check_parity`).
+        events: at most this many test events are compared.
+    """
+
+    atol: float
+    rtol: float
+    events: int
+
+    def __post_init__(self) -> None:
+        _number("parity.", "atol", self.atol)
+        _number("parity.", "rtol", self.rtol)
+        _number("parity.", "events", self.events, minimum=1)
+
+
+@dataclass(frozen=True)
+class LatencyPolicy:
+    """CPU latency ceiling of the candidate's ONNX model (onnxruntime, batch 1, median of ``runs``).
+
+    Args:
+        max_ms: the ceiling in milliseconds; None disables the gate.
+        runs: timed runs (the median is compared).
+        warmup: untimed runs first (session start-up, allocations).
+        threads: onnxruntime intra-op threads.
+    """
+
+    max_ms: float | None
+    runs: int
+    warmup: int
+    threads: int
+
+    def __post_init__(self) -> None:
+        _number("latency.", "max_ms", self.max_ms, minimum=0, allow_none=True)
+        _number("latency.", "runs", self.runs, minimum=1)
+        _number("latency.", "warmup", self.warmup, minimum=0)
+        _number("latency.", "threads", self.threads, minimum=1)
+
+
+@dataclass(frozen=True)
+class DecorrelationPolicy:
+    """Decorrelation floor: 1/JSD between the background's ``variable`` passing and failing a cut.
+
+    Args:
+        min_inverse_jsd: the floor; None disables the gate.
+        variable: an aux branch of the datamodule (e.g. ``mu`` for pileup, ``jet_m`` for jet mass).
+        eff_sig: signal efficiency of the cut on the candidate's score.
+        bins: histogram bins (equal width over the background's range).
+    """
+
+    min_inverse_jsd: float | None
+    variable: str
+    eff_sig: float
+    bins: int
+
+    def __post_init__(self) -> None:
+        _number("decorrelation.", "min_inverse_jsd", self.min_inverse_jsd, minimum=0, allow_none=True)
+        if not isinstance(self.variable, str) or not self.variable:
+            raise ConfigError(f"registry.decorrelation.variable must name an aux branch, but got {self.variable!r}")
+        if not 0.0 < _number("decorrelation.", "eff_sig", self.eff_sig) < 1.0:
+            raise ConfigError(f"registry.decorrelation.eff_sig must be in (0, 1), but got eff_sig={self.eff_sig!r}")
+        _number("decorrelation.", "bins", self.bins, minimum=2)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """Every gate of a promotion, and how the decision section is guarded.
+
+    Args:
+        metric: the metric the candidate must improve (one of :data:`METRICS`).
+        mode: ``max`` when higher is better, ``min`` when lower is better.
+        min_improvement: the candidate must beat the champion by at least this much.
+        parity, latency, decorrelation: the other gates.
+        force_digest: accept a candidate whose dataset digest differs from the champion's.
+        lock_timeout_s: how long to wait for a concurrent promotion of the same model.
+    """
+
+    metric: str
+    mode: str
+    min_improvement: float
+    parity: ParityPolicy
+    latency: LatencyPolicy
+    decorrelation: DecorrelationPolicy
+    force_digest: bool
+    lock_timeout_s: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(
+                f"registry.metric must be one of {', '.join(METRICS)}, but got metric={self.metric!r}"
+                f"{suggest(str(self.metric), METRICS)}"
+            )
+        if self.mode not in MODES:
+            raise ConfigError(f"registry.mode must be 'max' or 'min', but got mode={self.mode!r}")
+        _number("", "min_improvement", self.min_improvement)
+        if not isinstance(self.force_digest, bool):
+            raise ConfigError(f"registry.force_digest must be true or false, but got {self.force_digest!r}")
+        _number("", "lock_timeout_s", self.lock_timeout_s, minimum=0)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Mapping) -> GatePolicy:
+        """Build from ``cfg.registry``; unknown or missing keys are reported with the known ones."""
+        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        sections = {"parity": ParityPolicy, "latency": LatencyPolicy, "decorrelation": DecorrelationPolicy}
+        kwargs = _check_keys("registry", plain, cls)
+        for key, klass in sections.items():
+            kwargs[key] = klass(**_check_keys(f"registry.{key}", kwargs[key], klass))
+        return cls(**kwargs)
+
+    def improvement(self, candidate: float, champion: float) -> float:
+        """How much better ``candidate`` is than ``champion`` (positive = better)."""
+        return candidate - champion if self.mode == "max" else champion - candidate
+
+
+def _check_keys(where: str, value: Any, klass: type) -> dict[str, Any]:
+    fields = list(klass.__dataclass_fields__)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping with keys {fields}, but got {value!r}")
+    unknown = [k for k in value if k not in fields]
+    missing = [k for k in fields if k not in value]
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where}.{unknown[0]}{suggest(str(unknown[0]), fields)} (keys: {', '.join(fields)})"
+        )
+    if missing:
+        raise ConfigError(f"{where} lacks the key(s) {', '.join(missing)}")
+    return dict(value)

@@ -1,0 +1,114 @@
+"""The record of a promotion decision: a markdown report and a ROC overlay, logged to an MLflow run.
+
+Each decision gets its own run ``promote-<model>-v<version>`` in the candidate's experiment,
+tagged ``calolab.kind=promotion`` (so it is never taken for a training), with the gates, both
+models' metrics as ``candidate/<metric>`` and ``champion/<metric>``, and the artifacts
+``promotion/report.md``, ``promotion/roc_overlay.png`` and ``promotion/decision.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from calolab.evaluation import plots
+from calolab.registry.decision import Decision
+from calolab.registry.scoring import Scores
+from calolab.registry.selection import KIND_TAG
+
+
+def roc_overlay(path: Path, decision: Decision, candidate: Scores, champion: Scores | None) -> Path:
+    """Candidate and champion ROC curves on the frozen test set."""
+    es, eb = candidate.roc()
+    curves = [
+        {"name": f"candidate v{decision.version}", "eff_sig": es, "eff_bkg": eb, "auc": candidate.metrics["test/auc"]}
+    ]
+    if champion is not None and not decision.candidate_is_champion:
+        hs, hb = champion.roc()
+        curves.append(
+            {
+                "name": f"champion v{decision.champion_version}",
+                "eff_sig": hs,
+                "eff_bkg": hb,
+                "auc": champion.metrics["test/auc"],
+            }
+        )
+    return plots.plot_roc(path, curves, title=decision.model_name, n_events=candidate.test.n_events)
+
+
+def markdown(decision: Decision, candidate: Scores, champion: Scores | None) -> str:
+    d = decision
+    lines = [
+        f"# Promotion of {d.model_name} v{d.version}: {d.outcome.upper()}",
+        "",
+        f"- candidate: v{d.version}, run `{d.run_id}`",
+        f"- champion compared with: {f'v{d.champion_version}, run `{d.champion_run_id}`' if d.champion_version else 'none'}",
+        f"- frozen test set: dataset digest `{candidate.test.digest}`, {candidate.test.n_events} events "
+        f"({int(candidate.test.label.sum())} signal)",
+    ]
+    if champion is not None and champion.test.digest != candidate.test.digest:
+        lines.append(f"- forced: the champion was scored on its own test set, digest `{champion.test.digest}`")
+    lines += [
+        f"- decided at {d.decided_at} under the {d.lock} lock",
+        f"- aliases before: {_aliases(d.aliases_before)}; after: {_aliases(d.aliases_after)}",
+        "",
+        "## Gates",
+        "",
+        "| gate | result | detail |",
+        "|---|---|---|",
+        *(f"| {g.name} | {g.status} | {_cell(g.detail)} |" for g in d.gates),
+        "",
+        "## Metrics on the frozen test set",
+        "",
+        f"| metric | candidate v{d.version} | champion {f'v{d.champion_version}' if d.champion_version else '-'} | difference |",
+        "|---|---|---|---|",
+    ]
+    for key, value in d.candidate_metrics.items():
+        other = (d.champion_metrics or {}).get(key)
+        lines.append(
+            f"| {key} | {value:.6g} | {'-' if other is None else f'{other:.6g}'} | "
+            f"{'-' if other is None else f'{value - other:+.6g}'} |"
+        )
+    lines += ["", "![ROC overlay](roc_overlay.png)", ""]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (| would end the cell)."""
+    return text.replace("|", "\\|")
+
+
+def _aliases(aliases: dict[str, str]) -> str:
+    return ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+
+
+def log_report(store, experiment: str, decision: Decision, candidate: Scores, champion: Scores | None) -> str:
+    """Log the report run; returns its id."""
+    import mlflow
+
+    from calolab.tracking import TrackedRun
+
+    tags = {
+        KIND_TAG: "promotion",
+        "mlflow.source.name": "calolab promote",
+        "calolab.registered_model": decision.model_name,
+        "calolab.model_version": decision.version,
+        "calolab.decision": decision.outcome,
+        "calolab.candidate_run_id": decision.run_id,
+        "calolab.champion_version": decision.champion_version or "none",
+    }
+    name = f"promote-{decision.model_name}-v{decision.version}"
+    with TrackedRun(store, experiment, run_name=name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        metrics = {f"candidate/{k}": v for k, v in decision.candidate_metrics.items()}
+        metrics.update({f"champion/{k}": v for k, v in (decision.champion_metrics or {}).items()})
+        mlflow.log_metrics(metrics)
+        (out / "report.md").write_text(markdown(decision, candidate, champion))
+        roc_overlay(out / "roc_overlay.png", decision, candidate, champion)
+        record = dataclasses.asdict(decision) | {"outcome": decision.outcome, "report_run_id": run.run_id}
+        (out / "decision.json").write_text(json.dumps(record, indent=2))
+        for file in ("report.md", "roc_overlay.png", "decision.json"):
+            mlflow.log_artifact(str(out / file), "promotion")
+        return run.run_id

@@ -1,0 +1,83 @@
+"""Re-evaluation of candidate and champion on one frozen test set, by the same code.
+
+The frozen test set is the test split of the candidate's datamodule, identified by its dataset
+digest (the split is deterministic by event number). Both nets score those identical events with
+:func:`calolab.pipeline.evaluate.predict_scores`, the function the training's evaluation uses,
+and the key metrics come from :mod:`calolab.evaluation.metrics`. This is the cheap path: no
+baselines, no binned efficiencies, no figures (the report draws one ROC overlay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from calolab.errors import CalolabError
+from calolab.evaluation.metrics import auc, rejection_at_efficiency, roc_curve
+
+#: Batch size of the scoring passes (as conf/evaluation/default.yaml).
+BATCH_SIZE = 4096
+
+
+@dataclass
+class FrozenTestSet:
+    """The frozen test split: per-layer inputs, labels, weights and aux branches, all (N, ...)."""
+
+    digest: str
+    input_names: list[str]
+    inputs: dict[str, np.ndarray]
+    label: np.ndarray
+    weight: np.ndarray
+    aux: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.label.size)
+
+
+@dataclass
+class Scores:
+    """One model's scores on a test set and the metrics computed from them."""
+
+    score: np.ndarray  # (N,)
+    metrics: dict[str, float]
+    test: FrozenTestSet
+
+    def roc(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(eff_sig, eff_bkg)`` of the weighted ROC curve."""
+        eff_s, eff_b, _ = roc_curve(self.test.label, self.score, self.test.weight)
+        return eff_s, eff_b
+
+
+def frozen_test_set(dm) -> FrozenTestSet:
+    """The test split of a prepared datamodule."""
+    a = dm.arrays("test")
+    return FrozenTestSet(
+        digest=dm.digest,
+        input_names=list(dm.input_names),
+        inputs={k: np.asarray(a.inputs[k]) for k in dm.input_names},
+        label=np.asarray(a.label),
+        weight=np.asarray(a.weight),
+        aux={k: np.asarray(v) for k, v in a.aux.items()},
+    )
+
+
+def key_metrics(label: np.ndarray, score: np.ndarray, weight: np.ndarray) -> dict[str, float]:
+    """``test/auc``, ``test/rej50``, ``test/rej80`` exactly as the training's evaluation computes them."""
+    return {
+        "test/auc": auc(label, score, weight),
+        "test/rej50": rejection_at_efficiency(label, score, 0.5, weight),
+        "test/rej80": rejection_at_efficiency(label, score, 0.8, weight),
+    }
+
+
+def score_net(net, test: FrozenTestSet, what: str) -> Scores:
+    """Score ``test`` with ``net`` (eval mode, sigmoid output) and compute the key metrics."""
+    from calolab.pipeline.evaluate import predict_scores
+
+    score = predict_scores(net, test.inputs, test.input_names, BATCH_SIZE)
+    bad = int((~np.isfinite(score)).sum())
+    if bad:
+        raise CalolabError(f"{what} produced {bad} non-finite scores on the test split (digest {test.digest})")
+    return Scores(score=score, metrics=key_metrics(test.label, score, test.weight), test=test)
