@@ -82,13 +82,9 @@ def auc(label: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None) 
 
 
 def _max_rejection(y: np.ndarray, w: np.ndarray) -> float:
-    """The largest rejection the sample resolves: its effective number of background events.
-
-    ``(sum w)^2 / sum w^2`` equals N for unit weights; with generator weights spanning orders of
-    magnitude it stays statistically meaningful where ``sum w / min w`` would explode.
-    """
+    """The largest rejection the sample resolves: 1 / (lightest background event's weight fraction)."""
     wb = w[~y]
-    return float(wb.sum() ** 2 / (wb**2).sum())
+    return float(wb.sum() / wb[wb > 0].min())
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -106,8 +102,8 @@ def rejection_at_efficiency(
     No interpolation: the working point is a real cut on the score, so eps_S may exceed
     ``eff_sig`` by up to one event's weight. When no background passes that cut (eps_B = 0) the
     rejection is unmeasurable on this sample and the finite bound
-    ``(sum w_B)^2 / sum w_B^2`` (the effective number of background events) is returned
-    instead: the largest rejection this sample can resolve.
+    ``sum(background weights) / min(positive background weight)`` is returned instead: the
+    rejection had the lightest background event passed, the largest this sample can resolve.
     """
     eff_sig = _check_fraction("eff_sig", eff_sig)
     y, s, w = _event_arrays(label, score, weight)

@@ -192,6 +192,9 @@ def evaluate_classifier(
     m["test/n_events"] = float(n)
     m["test/n_signal"] = float(sig.sum())
     m["test/n_background"] = float((~sig).sum())
+    # the statistical power of a weighted background: rejections far above it are not resolved
+    wb = w[~sig]
+    m["test/n_background_eff"] = float(wb.sum() ** 2 / (wb**2).sum()) if wb.size and (wb**2).sum() > 0 else 0.0
     m["test/auc"] = auc(y, s, w)
     m["test/rej50"] = rejection_at_efficiency(y, s, 0.5, w)
     m["test/rej80"] = rejection_at_efficiency(y, s, 0.8, w)
