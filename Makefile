@@ -12,7 +12,8 @@ RUN_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# re-install also when a top-level package appears (the editable install maps packages at install time)
+$(STAMP): pyproject.toml constraints.txt $(wildcard */__init__.py hydra_plugins/*/__init__.py)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "calolab: installing into $(VENV) (torch 2.13.0 first, CPU build where available)"
 	$(PIP) torch==2.13.0

@@ -12,7 +12,19 @@ from omegaconf import OmegaConf
 
 from calolab.app import CONF_DIR, compose_config
 
-TRAIN_GROUPS = ["data", "net", "model", "trainer", "callbacks", "tracking", "evaluation", "export", "experiment", "debug"]
+TRAIN_GROUPS = [
+    "data",
+    "net",
+    "model",
+    "trainer",
+    "callbacks",
+    "tracking",
+    "evaluation",
+    "export",
+    "experiment",
+    "debug",
+    "sweep",
+]
 
 
 def options(group: str) -> list[str]:

@@ -18,7 +18,11 @@ KEY_METRICS = (
 
 
 @hydra_app("train", "train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | list[float] | None:
+    if cfg.get("sweep_trial"):  # a sweep trial: the optimised metric(s) go back to the sweeper
+        from sweeps.trial import run_trial
+
+        return run_trial(train, cfg)
     result = train(cfg)
     m = result["metrics"]
     print(f"\nrun {result['run_id']} (experiment {result['experiment']}) in {result['tracking_uri']}")

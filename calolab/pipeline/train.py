@@ -66,15 +66,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = build_data(cfg)
     model = build_model(cfg, dm)
     store = TrackingStore.resolve(cfg.tracking.uri, cfg.paths.mlruns_dir)
-    with TrackedRun(store, experiment, run_name=cfg.get("run_name"), tags=run_tags(cfg, dm, experiment)) as run:
+    trial = _sweep_trial(cfg)  # None unless this training is a sweep trial
+    run_cls, run_kw = (TrackedRun, {}) if trial is None else (trial.run_class, {"handle": trial})
+    with run_cls(store, experiment, run_name=cfg.get("run_name"), tags=run_tags(cfg, dm, experiment), **run_kw) as run:
         import mlflow
 
         mlflow.log_params(flatten_config(cfg))
         mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
         mlflow.log_dict(dm.preprocessing_summary(), "data/preprocessing.json")
         with tempfile.TemporaryDirectory(prefix="calolab-train-") as tmp:
-            trainer = build_trainer(cfg, store, run.run_id, Path(tmp))
+            extra = [] if trial is None else [trial.callback]
+            trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=extra)
             trainer.fit(model, datamodule=dm)
+            if trial is not None:
+                trial.raise_if_pruned()  # ends the run KILLED, tagged optuna.state=PRUNED
             best = _best_checkpoint(trainer)
             if trainer.is_global_zero:
                 if best is not None:
@@ -86,15 +91,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     _log_models(model, dm, onnx_path)
             else:  # pragma: no cover - other DDP ranks
                 metrics = {}
-        return {"run_id": run.run_id, "experiment": experiment, "tracking_uri": store.uri, "metrics": metrics}
+        result = {"run_id": run.run_id, "experiment": experiment, "tracking_uri": store.uri, "metrics": metrics}
+        if trial is not None:
+            result["objective"] = trial.objective(metrics, model)
+        return result
 
 
-def build_trainer(cfg: DictConfig, store: TrackingStore, run_id: str, workdir: Path) -> pl.Trainer:
+def _sweep_trial(cfg: DictConfig):
+    """The Optuna trial this training runs as (``+sweep_trial.*`` overrides), or None."""
+    if not cfg.get("sweep_trial"):
+        return None
+    from sweeps.trial import attach_trial
+
+    return attach_trial(cfg)
+
+
+def build_trainer(
+    cfg: DictConfig, store: TrackingStore, run_id: str, workdir: Path, extra_callbacks: list | None = None
+) -> pl.Trainer:
     """Trainer from ``conf/trainer`` with the run's MLflow logger and the configured callbacks."""
     from pytorch_lightning.loggers import MLFlowLogger
 
     logger = MLFlowLogger(tracking_uri=store.uri, run_id=run_id, log_model=False)
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += extra_callbacks or []
     for cb in callbacks:  # checkpoints go to the run's scratch folder, then to MLflow
         if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(workdir / "checkpoints")

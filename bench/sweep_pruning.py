@@ -1,0 +1,90 @@
+"""Pruning benchmark: the same Optuna search with and without median pruning.
+
+Same sampler seed, same trial budget, same sample; prints, per setting, the total epochs trained
+(the cost) and the best value (the result), then the ratios. Target: pruning spends <= 60% of the
+epochs for a best value within the run-to-run spread (``--repeats`` seeds give that spread).
+
+    .venv/bin/python bench/sweep_pruning.py [--trials 12] [--epochs 6] [--events 2000] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sweeps.storage import open_storage  # noqa: E402
+
+
+def run(root: Path, pruner: str, seed: int, args: argparse.Namespace) -> tuple[int, float]:
+    name = f"bench-{pruner}-{seed}"
+    cmd = [
+        str(Path(sys.executable).with_name("calolab")),
+        "train",
+        "-m",
+        "experiment=photon_id",
+        "sweep=photon_id",
+        "debug=smoke",
+        f"paths.data_dir={root / 'data'}",
+        f"paths.log_dir={root / 'logs'}",
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        f"generate.n_events={args.events}",
+        "tracking.log_models=false",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.limit_train_batches=1.0",
+        "trainer.limit_val_batches=1.0",
+        "callbacks.early_stopping.patience=100",
+        # val/loss: val/auc saturates on small samples and ties never prune
+        "hydra.sweeper.metric=val/loss",
+        "hydra.sweeper.direction=minimize",
+        f"hydra.sweeper.pruner={pruner}",
+        f"hydra.sweeper.study_name={name}",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"hydra.sweeper.seed={seed}",
+    ]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    storage = open_storage(str(root / "logs/train/sweeps" / name / "optuna.journal"))
+    study = optuna.load_study(study_name=name, storage=storage)
+    epochs = sum(int(t.user_attrs.get("calolab.epochs", 0)) for t in study.get_trials())
+    return epochs, study.best_value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=2, help="sampler seeds per setting (the spread)")
+    parser.add_argument("--seed", type=int, default=12345)
+    args = parser.parse_args()
+    results: dict[str, list[tuple[int, float]]] = {"none": [], "median": []}
+    with tempfile.TemporaryDirectory(prefix="calolab-bench-") as tmp:
+        for i in range(args.repeats):
+            for pruner in results:
+                results[pruner].append(run(Path(tmp), pruner, args.seed + i, args))
+                print(
+                    f"{pruner:>7} seed {args.seed + i}: epochs {results[pruner][-1][0]}, best val/loss {results[pruner][-1][1]:.4f}"
+                )
+    epochs = {p: statistics.mean(e for e, _ in r) for p, r in results.items()}
+    best = {p: [b for _, b in r] for p, r in results.items()}
+    spread = max(statistics.pstdev(b) for b in best.values()) if args.repeats > 1 else float("nan")
+    print(f"\n{args.trials} trials x {args.epochs} epochs, {args.repeats} seed(s)")
+    print(
+        f"epochs trained   none {epochs['none']:.1f}   median {epochs['median']:.1f}   ratio {epochs['median'] / epochs['none']:.2f} (target <= 0.60)"
+    )
+    print(
+        f"best val/loss    none {statistics.mean(best['none']):.4f}   median {statistics.mean(best['median']):.4f}   "
+        f"difference {statistics.mean(best['median']) - statistics.mean(best['none']):+.4f}   run-to-run spread {spread:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The Lightning callback of a sweep trial: report the optimised metric each epoch, prune.
+
+After every validation epoch it reports the study's first metric to the Optuna trial (which
+may live in another process: the trial is re-attached from the storage, see
+:mod:`sweeps.trial`) and, when the pruner says so, stops the fit; the training pipeline then
+raises :class:`optuna.TrialPruned`. It also records every metric's per-epoch values, from
+which the trial's objective values are taken, and the epochs trained (``calolab.epochs``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytorch_lightning as pl
+
+
+class PruningCallback(pl.Callback):
+    """Report ``metrics[0]`` to ``trial`` per validation epoch; stop when it should be pruned.
+
+    Args:
+        trial: the attached Optuna trial.
+        metrics: the study's metric keys (``val/auc``, ...), one per objective.
+        prune: report and prune (single-objective studies only; Optuna cannot prune others).
+    """
+
+    def __init__(self, trial: optuna.Trial, metrics: list[str], *, prune: bool = True):
+        self.trial, self.metrics, self.prune = trial, list(metrics), prune
+        self.history: dict[str, list[float]] = {m: [] for m in self.metrics}
+        self.epochs = 0
+        self.pruned_at: int | None = None
+
+    @property
+    def pruned(self) -> bool:
+        return self.pruned_at is not None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.epochs += 1
+        epoch = trainer.current_epoch
+        for key in self.metrics:
+            if key in trainer.callback_metrics:
+                self.history[key].append(float(trainer.callback_metrics[key]))
+        self.trial.set_user_attr("calolab.epochs", self.epochs)
+        values = self.history[self.metrics[0]]
+        if not values or values[-1] != values[-1] or not math.isfinite(values[-1]):
+            if values:  # NaN / inf: stop now, the trial ends FAIL
+                trainer.should_stop = True
+            return
+        if not self.prune:
+            return
+        self.trial.report(values[-1], step=epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            trainer.should_stop = True

@@ -1,0 +1,130 @@
+"""The sweep's MLflow side: a parent run per worker invocation, trial states, the study report.
+
+The parent run is tagged with the study (name, storage without credentials, worker); each
+trial's child run (created by the training process, see :mod:`sweeps.trial`) gets its final
+Optuna state as the tag ``optuna.state`` once the trial is told. At the end the parent run
+gets the best value(s) and parameters, and the study's plots (optimisation history, parameter
+importances, parallel coordinates; the Pareto front for several objectives) as PNGs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from calolab.tracking import TrackingStore
+from sweeps.storage import redact
+
+log = logging.getLogger(__name__)
+
+
+class ParentRun:
+    """The parent MLflow run of one worker's part of a study."""
+
+    def __init__(self, store: TrackingStore, experiment: str, study: optuna.Study, storage_spec: str):
+        self.client: MlflowClient = store.client()
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        run = self.client.create_run(
+            store.experiment_id(experiment),
+            run_name=f"sweep-{study.study_name}",
+            tags={
+                "optuna.study_name": study.study_name,
+                "optuna.storage": redact(storage_spec),
+                "calolab.sweep.worker": worker,
+                "mlflow.source.name": "calolab train -m",
+            },
+        )
+        self.run_id = run.info.run_id
+
+    def trial_told(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Mirror the trial's final state on its child run (NaN results end FAILED there too)."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            return
+        self.client.set_tag(run_id, "optuna.state", trial.state.name)
+        reason = trial.user_attrs.get("fail_reason")
+        if trial.state == TrialState.FAIL and reason:
+            self.client.set_tag(run_id, "calolab.error", reason[:5000])
+            if self.client.get_run(run_id).info.status != "FAILED":
+                self.client.set_terminated(run_id, "FAILED")
+
+    def finish(self, study: optuna.Study, metrics: list[str], status: str = "FINISHED") -> None:
+        """Best value(s) and params, the study's counts and plots; then end the run."""
+        try:
+            self._summarise(study, metrics)
+        finally:
+            self.client.set_terminated(self.run_id, status)
+
+    def _summarise(self, study: optuna.Study, metrics: list[str]) -> None:
+        trials = study.get_trials(deepcopy=False)
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            self.client.log_metric(self.run_id, f"sweep/n_{state.name.lower()}", sum(t.state == state for t in trials))
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if not complete:
+            return
+        if len(metrics) == 1:
+            best = study.best_trial
+            self.client.log_metric(self.run_id, f"best/{metrics[0]}", best.value)
+            self.client.log_metric(self.run_id, "best/trial_number", best.number)
+            for key, value in best.params.items():
+                self.client.log_param(self.run_id, f"best.{key}", value)
+        else:
+            self.client.log_metric(self.run_id, "sweep/n_pareto", len(study.best_trials))
+            self.client.log_dict(
+                self.run_id,
+                [
+                    {"number": t.number, "values": dict(zip(metrics, t.values, strict=True)), "params": t.params}
+                    for t in study.best_trials
+                ],
+                "pareto_front.json",
+            )
+        with tempfile.TemporaryDirectory(prefix="calolab-sweep-") as tmp:
+            for path in study_plots(study, metrics, Path(tmp)):
+                self.client.log_artifact(self.run_id, str(path), "plots")
+
+
+def study_plots(study: optuna.Study, metrics: list[str], out: Path) -> list[Path]:
+    """The study's plots as PNGs (a plot that cannot be drawn yet is skipped with a log line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    names = [m.replace("/", "_") for m in metrics]
+    plots = {"pareto_front": lambda: ovm.plot_pareto_front(study, target_names=metrics)} if len(metrics) > 1 else {}
+    for i, (metric, name) in enumerate(zip(metrics, names, strict=True)):
+        suffix = "" if len(metrics) == 1 else f"_{name}"
+        target = None if len(metrics) == 1 else (lambda t, i=i: t.values[i])
+        plots[f"optimization_history{suffix}"] = lambda target=target, metric=metric: ovm.plot_optimization_history(
+            study, target=target, target_name=metric
+        )
+        plots[f"param_importances{suffix}"] = lambda target=target, metric=metric: ovm.plot_param_importances(
+            study, target=target, target_name=metric
+        )
+        plots[f"parallel_coordinate{suffix}"] = lambda target=target, metric=metric: ovm.plot_parallel_coordinate(
+            study, target=target, target_name=metric
+        )
+    written = []
+    for name, draw in plots.items():
+        try:
+            with warnings.catch_warnings():  # optuna's matplotlib backend is marked experimental
+                warnings.simplefilter("ignore")
+                ax = draw()
+                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                fig.set_size_inches(8, 5)
+                path = out / f"{name}.png"
+                fig.savefig(path, dpi=100, bbox_inches="tight")
+                plt.close(fig)
+            written.append(path)
+        except Exception as err:  # e.g. importances need two complete trials
+            log.warning("sweep plot %s skipped: %s", name, err)
+    return written

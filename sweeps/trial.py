@@ -1,0 +1,152 @@
+"""The trial side of a sweep: re-attach an Optuna trial in the training process.
+
+The sweep loop passes ``+sweep_trial.study_name=... +sweep_trial.number=N
++sweep_trial.storage=... +sweep_trial.parent_run_id=...`` with each trial's overrides. The
+training process (the sweep's own, or any other one a Hydra launcher picks) opens the storage,
+loads the study with its pruner (kept in the study's user attributes), and gets back the trial
+by number. The training then gets the :class:`~sweeps.pruning.PruningCallback`, tracks itself as
+a child MLflow run of the sweep's parent run (:class:`TrialRun`), and returns the objective
+value(s) to Hydra's sweeper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import optuna
+from omegaconf import DictConfig, open_dict
+
+from calolab.errors import CalolabError
+from calolab.tracking import TrackedRun
+from sweeps.errors import SweepError
+from sweeps.pruners import make_pruner
+from sweeps.pruning import PruningCallback
+from sweeps.storage import open_storage
+
+TRIAL_KEY = "sweep_trial"
+PARAM_COUNT = "model/n_params"  # an objective computed from the net, not logged per epoch
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training failed: recorded as FAIL, the sweep goes on (never a CalolabError,
+    which would end the whole Hydra multirun with a one-line exit)."""
+
+
+class TrialRun(TrackedRun):
+    """The trial's MLflow run, a child of the sweep's parent run; a pruned trial ends KILLED with
+    the tag ``optuna.state=PRUNED`` (MLflow has no PRUNED status), never FAILED."""
+
+    def __init__(self, *args, handle: TrialHandle, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.handle = handle
+        self.tags.update(handle.tags())
+        self.run_name = self.run_name or f"trial-{handle.number}"
+
+    def __enter__(self) -> TrialRun:
+        super().__enter__()
+        self.handle.trial.set_user_attr("mlflow_run_id", self.run_id)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and issubclass(exc_type, optuna.TrialPruned):
+            mlflow.set_tag("optuna.state", "PRUNED")
+            mlflow.end_run("KILLED")
+            return False
+        try:
+            mlflow.set_tag("optuna.state", "COMPLETE" if exc_type is None else "FAIL")
+        except Exception:  # never mask the original error with a tracking error
+            pass
+        return super().__exit__(exc_type, exc, tb)
+
+
+@dataclass
+class TrialHandle:
+    """An Optuna trial re-attached in the training process, with what the training needs."""
+
+    study: optuna.Study
+    trial: optuna.Trial
+    metrics: list[str]
+    parent_run_id: str | None
+    callback: PruningCallback = field(init=False)
+
+    def __post_init__(self):
+        prune = len(self.metrics) == 1 and not isinstance(self.study.pruner, optuna.pruners.NopPruner)
+        self.callback = PruningCallback(self.trial, self.metrics, prune=prune)
+
+    run_class = TrialRun
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    def tags(self) -> dict[str, str]:
+        tags = {"optuna.study_name": self.study.study_name, "optuna.trial_number": str(self.number)}
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        return tags
+
+    def raise_if_pruned(self) -> None:
+        if self.callback.pruned:
+            raise optuna.TrialPruned(f"trial {self.number} pruned at epoch {self.callback.pruned_at}")
+
+    def objective(self, metrics: dict[str, float], model) -> float | list[float]:
+        """The objective value(s): the best per-epoch value of a validation metric (the evaluated
+        checkpoint is the best one), else the evaluated metric, else the net's parameter count."""
+        values = []
+        for key, direction in zip(self.metrics, self.study.directions, strict=True):
+            history = self.callback.history.get(key) or []
+            if history:
+                if not all(math.isfinite(v) for v in history):
+                    values.append(math.nan)
+                    continue
+                best = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
+                values.append(best(history))
+            elif key in metrics:
+                values.append(float(metrics[key]))
+            elif key == PARAM_COUNT:
+                values.append(float(sum(p.numel() for p in model.net.parameters())))
+            else:
+                known = sorted({*metrics, *self.callback.history, PARAM_COUNT})
+                raise SweepError(f"the optimised metric {key!r} was not logged; available: {', '.join(known)}")
+        return values[0] if len(values) == 1 else values
+
+
+def attach_trial(cfg: DictConfig) -> TrialHandle | None:
+    """The trial named by ``cfg.sweep_trial``, or None outside a sweep."""
+    node = cfg.get(TRIAL_KEY)
+    if not node:
+        return None
+    with open_dict(cfg):  # keep the storage URL (credentials) out of the run's params and config.yaml
+        node = cfg.pop(TRIAL_KEY)
+    storage = open_storage(str(node.storage))
+    probe = optuna.load_study(study_name=str(node.study_name), storage=storage)
+    pruner_spec = probe.user_attrs.get("calolab.pruner") or {}
+    study = optuna.load_study(
+        study_name=str(node.study_name),
+        storage=storage,
+        pruner=make_pruner(pruner_spec.get("name"), options=pruner_spec.get("options")),
+    )
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), int(node.number)
+    )
+    return TrialHandle(
+        study=study,
+        trial=optuna.Trial(study, trial_id),
+        metrics=list(study.user_attrs["calolab.metrics"]),
+        parent_run_id=node.get("parent_run_id"),
+    )
+
+
+def run_trial(train, cfg: DictConfig) -> Any:
+    """Run ``train(cfg)`` as a sweep trial and return its objective; a CalolabError becomes
+    :class:`TrialFailed`, so that the sweep records the trial FAIL and goes on."""
+    try:
+        result = train(cfg)
+    except CalolabError as err:
+        reason = f"{type(err).__name__}: {err}"
+    else:
+        return result["objective"]
+    raise TrialFailed(reason)

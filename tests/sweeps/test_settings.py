@@ -1,0 +1,155 @@
+"""Sweep settings fail before any trial: search spaces, samplers, pruners, storages; and the
+tell / stale-trial rules that need no training (NaN results, a dead worker's RUNNING trial)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from calolab.app import compose_config
+from calolab.errors import ConfigError
+from sweeps.loop import WORKER_ATTR, SweepSettings, open_study, recover_stale_trials, tell
+from sweeps.pruners import make_pruner
+from sweeps.samplers import make_sampler
+from sweeps.space import override, parse_space
+from sweeps.storage import open_storage, redact
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return compose_config("train", ["experiment=photon_id", "sweep=photon_id"])
+
+
+def test_preset_space_parses_against_the_config(cfg):
+    space = parse_space(
+        {
+            "model.optimizer.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "data.batch_size": [32, 64],
+            "net.dropout": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.1},
+            "trainer.max_epochs": {"type": "int", "low": 1, "high": 4},
+        },
+        cfg,
+    )
+    assert isinstance(space["model.optimizer.lr"], optuna.distributions.FloatDistribution)
+    assert space["model.optimizer.lr"].log
+    assert space["data.batch_size"].choices == (32, 64)
+    assert isinstance(space["trainer.max_epochs"], optuna.distributions.IntDistribution)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"model.optimizer.lrr": {"type": "float", "low": 1e-5, "high": 1e-2}},
+            "unknown parameter path 'model.optimizer.lrr'",
+        ),
+        ({"model.optimizer.lr": {"type": "float", "low": 1e-2, "high": 1e-5}}, "inverted range"),
+        ({"model.optimizer.lr": {"type": "float", "low": 1e-2, "high": 1e-2}}, "empty range"),
+        ({"model.optimizer.lr": {"type": "float", "low": 0, "high": 1e-2, "log": True}}, "log range must be positive"),
+        ({"data.batch_size": {"type": "categorical", "choices": []}}, "non-empty"),
+        ({"data.batch_size": {"type": "integer", "low": 1, "high": 2}}, "type must be one of"),
+        ({"data.batch_size": {"type": "int", "low": 1}}, "'high' is required"),
+        ({}, "params is empty"),
+    ],
+)
+def test_bad_search_space_is_a_clear_error(cfg, params, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_space(params, cfg)
+
+
+def test_unknown_sampler_and_pruner():
+    with pytest.raises(ConfigError, match="unknown sampler 'tpee'; did you mean 'tpe'"):
+        make_sampler("tpee")
+    with pytest.raises(ConfigError, match="unknown pruner 'medain'"):
+        make_pruner("medain")
+    with pytest.raises(ConfigError, match="one objective"):
+        make_sampler("cmaes", n_objectives=2)
+    assert isinstance(make_sampler("NSGA-II", seed=1), optuna.samplers.NSGAIISampler)
+    assert isinstance(make_sampler("gp", seed=1), optuna.samplers.GPSampler)
+    assert isinstance(make_pruner("hyperband"), optuna.pruners.HyperbandPruner)
+    median = make_pruner("median", options={"median": {"n_warmup_steps": 2}, "hyperband": {"min_resource": 1}})
+    assert median._n_warmup_steps == 2
+    with pytest.raises(ConfigError, match="pruner_options for 'median'"):
+        make_pruner("median", options={"median": {"warmup": 2}})
+    assert isinstance(make_pruner(None), optuna.pruners.NopPruner)
+
+
+def test_unreachable_storage_is_a_clear_error_without_the_password():
+    with pytest.raises(ConfigError, match="cannot open") as info:
+        open_storage("postgresql://postgres:secret@127.0.0.1:1/nowhere")
+    assert "secret" not in str(info.value) and "***" in str(info.value)
+    assert redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
+def test_study_settings_checked_before_trials(cfg, tmp_path):
+    settings = SweepSettings(params={"model.optimizer.lr": [1e-3]}, storage=str(tmp_path / "s.journal"))
+    study, _, metrics, _ = open_study(settings, cfg)
+    assert metrics == ["val/auc"] and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    with pytest.raises(ConfigError, match="one direction per metric"):
+        SweepSettings(metric=["val/auc", "model/n_params"], direction=["maximize"] * 3).objectives()
+    with pytest.raises(ConfigError, match="cannot prune"):
+        open_study(SweepSettings(metric=["val/auc", "val/loss"], params={"model.optimizer.lr": [1e-3]}), cfg)
+    with pytest.raises(ConfigError, match="max_failure_rate must be between 0 and 1"):
+        SweepSettings(max_failure_rate=1.5).check()
+
+
+def test_overrides_keep_types():
+    assert override("model.optimizer.lr", 0.001) == "model.optimizer.lr=0.001"
+    assert override("net.dense", "[64]") == "net.dense=[64]"
+    assert override("net.activation", "selu") == "net.activation='selu'"
+    assert override("net.pool", True) == "net.pool=true"
+
+
+class _Ret:
+    def __init__(self, value=None, error=None):
+        self.value, self.error = value, error
+
+    @property
+    def return_value(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, None, [0.5]])
+def test_non_finite_result_is_fail_with_reason(value):
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    frozen = tell(study, trial, _Ret(value), 1 if not isinstance(value, list) else 2)
+    assert frozen.state == TrialState.FAIL
+    assert "finite" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_raised_and_pruned_results():
+    study = optuna.create_study(direction="maximize")
+    assert tell(study, study.ask(), _Ret(error=RuntimeError("boom")), 1).state == TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: boom"
+    assert tell(study, study.ask(), _Ret(error=optuna.TrialPruned()), 1).state == TrialState.PRUNED
+    assert tell(study, study.ask(), _Ret(0.7), 1).state == TrialState.COMPLETE
+
+
+def test_dead_workers_running_trial_is_failed_and_retried(tmp_path):
+    """Journal storage has no heartbeat: a RUNNING trial whose worker process is gone (same host)
+    is failed and queued again with the same parameters; a live worker's trial is left alone."""
+    import os
+    import socket
+
+    storage = open_storage(str(tmp_path / "s.journal"))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    dead, alive = study.ask(dist), study.ask(dist)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    dead.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{proc.pid}")
+    alive.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    assert recover_stale_trials(study) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[dead.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+    retry = study.ask(dist)
+    assert retry.params["x"] == dead.params["x"]
