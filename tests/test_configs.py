@@ -85,7 +85,16 @@ def test_every_registry_option_composes(option):
 
 @pytest.mark.parametrize("option", options("trainer"))
 def test_every_trainer_option_instantiates_on_cpu(option, tmp_path):
-    cfg = compose_config("train", [f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1", "++trainer.num_nodes=1", "trainer.precision=32-true"])
+    cfg = compose_config(
+        "train",
+        [
+            f"trainer={option}",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "++trainer.num_nodes=1",
+            "trainer.precision=32-true",
+        ],
+    )
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
     assert trainer.max_epochs == cfg.trainer.max_epochs
 

@@ -137,7 +137,9 @@ def _log_models(model: pl.LightningModule, dm, onnx_path: Path) -> None:
     # accepts only single-tensor signatures); ONNX is the framework-free deployment format
     with warnings.catch_warnings():  # MLflow's pyfunc type-hint inference on nn.Module.forward(*inputs)
         warnings.filterwarnings("ignore", message=".*type hint is inferred as AnyType.*", category=UserWarning)
-        mlflow.pytorch.log_model(net, name="pytorch", serialization_format="pickle", pip_requirements=["torch", "calolab"])
+        mlflow.pytorch.log_model(
+            net, name="pytorch", serialization_format="pickle", pip_requirements=["torch", "calolab"]
+        )
     mlflow.onnx.log_model(
         onnx.load(str(onnx_path)), name="onnx", pip_requirements=["onnxruntime"], save_as_external_data=False
     )

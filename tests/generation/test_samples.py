@@ -64,7 +64,24 @@ def test_photon_schema_units_and_mix(photons):
     sig_pdg = np.asarray(arr.truth_pdgid)[np.asarray(arr.truth_label) == 1]
     bkg_pdg = np.asarray(arr.truth_pdgid)[np.asarray(arr.truth_label) == 0]
     assert set(sig_pdg.tolist()) == {22}
-    assert set(bkg_pdg.tolist()) <= {111, 221, 223, 331, 113, 213, -213, 310, 130, 3122, -3122, 3212, -3212, 321, -321, 411}
+    assert set(bkg_pdg.tolist()) <= {
+        111,
+        221,
+        223,
+        331,
+        113,
+        213,
+        -213,
+        310,
+        130,
+        3122,
+        -3122,
+        3212,
+        -3212,
+        321,
+        -321,
+        411,
+    }
     assert 111 in bkg_pdg
 
 
@@ -74,7 +91,10 @@ def test_photon_signal_background_physics(photons):
     strip maxima and leak hadronic energy."""
     arr = read(photons, "photons")
     y = np.asarray(arr.truth_label) == 1
-    med = {k: (np.median(np.asarray(arr[k])[y]), np.median(np.asarray(arr[k])[~y])) for k in ("Rhad", "Reta", "Rphi", "wstot", "Eratio", "fside", "weta2")}
+    med = {
+        k: (np.median(np.asarray(arr[k])[y]), np.median(np.asarray(arr[k])[~y]))
+        for k in ("Rhad", "Reta", "Rphi", "wstot", "Eratio", "fside", "weta2")
+    }
     assert med["Rhad"][0] < 0.02 < med["Rhad"][1]
     assert med["Reta"][0] > med["Reta"][1]
     assert med["Rphi"][0] > med["Rphi"][1]
@@ -97,7 +117,9 @@ def test_photon_determinism_across_workers(photons, tmp_path):
     from calolab.app import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("generate", ["sample=photons", "n_events=60", "chunk_size=30", "progress=false", "seed=11", "workers=2"])
+        cfg = compose(
+            "generate", ["sample=photons", "n_events=60", "chunk_size=30", "progress=false", "seed=11", "workers=2"]
+        )
     with open_dict(cfg):
         cfg.out = str(tmp_path / "w2")
     run_generation(cfg, "photons")

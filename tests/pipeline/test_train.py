@@ -66,7 +66,14 @@ def test_smoke_run_is_complete(smoke_run):
         assert all(np.isfinite(m.value) for m in history)
     # test metrics and baselines
     m = run.data.metrics
-    for key in ("test/auc", "test/rej50", "test/rej80", "test/eff_at_baseline_rej", "test/baseline_eff", "export/onnx_max_abs_diff"):
+    for key in (
+        "test/auc",
+        "test/rej50",
+        "test/rej80",
+        "test/eff_at_baseline_rej",
+        "test/baseline_eff",
+        "export/onnx_max_abs_diff",
+    ):
         assert key in m and np.isfinite(m[key]), key
     assert 0.0 <= m["test/auc"] <= 1.0
     assert m["export/onnx_max_abs_diff"] < 1e-4
@@ -118,7 +125,10 @@ def test_second_run_reuses_sample_and_cache(smoke_run, monkeypatch):
     monkeypatch.setattr("calolab.pipeline.samples.run_generation", boom)
     monkeypatch.setattr(uproot, "open", boom)
     monkeypatch.setattr(uproot, "iterate", boom)
-    cfg = compose_config("train", smoke_overrides(smoke_run["data_dir"], smoke_run["db"], "trainer.max_epochs=1", "model.optimizer.lr=0.001"))
+    cfg = compose_config(
+        "train",
+        smoke_overrides(smoke_run["data_dir"], smoke_run["db"], "trainer.max_epochs=1", "model.optimizer.lr=0.001"),
+    )
     result = train(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_run['db']}")
     run = client.get_run(result["run_id"])
@@ -128,7 +138,12 @@ def test_second_run_reuses_sample_and_cache(smoke_run, monkeypatch):
 
 def test_failure_inside_the_run_ends_failed_with_reason(smoke_run):
     """A failing ONNX parity check (impossible tolerance) fails the run; it is never RUNNING."""
-    cfg = compose_config("train", smoke_overrides(smoke_run["data_dir"], smoke_run["db"], "trainer.max_epochs=1", "export.atol=-1", "export.rtol=0"))
+    cfg = compose_config(
+        "train",
+        smoke_overrides(
+            smoke_run["data_dir"], smoke_run["db"], "trainer.max_epochs=1", "export.atol=-1", "export.rtol=0"
+        ),
+    )
     with pytest.raises(CalolabError, match="parity"):
         train(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_run['db']}")
@@ -187,13 +202,23 @@ def test_non_root_and_truncated_files(smoke_run, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.root").write_text("this is not ROOT")
-    res = run_cli("train", *smoke_overrides(smoke_run["data_dir"], smoke_run["db"])[:-1], f"data.files=[{bad}/*.root]", "generate=null")
+    res = run_cli(
+        "train",
+        *smoke_overrides(smoke_run["data_dir"], smoke_run["db"])[:-1],
+        f"data.files=[{bad}/*.root]",
+        "generate=null",
+    )
     assert res.returncode != 0
     assert str(bad / "a.root") in res.stderr
     good = next((smoke_run["data_dir"] / "photons-smoke").glob("*.root"))
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "t.root").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    res = run_cli("train", *smoke_overrides(smoke_run["data_dir"], smoke_run["db"])[:-1], f"data.files=[{cut}/*.root]", "generate=null")
+    res = run_cli(
+        "train",
+        *smoke_overrides(smoke_run["data_dir"], smoke_run["db"])[:-1],
+        f"data.files=[{cut}/*.root]",
+        "generate=null",
+    )
     assert res.returncode != 0
     assert str(cut / "t.root") in res.stderr

@@ -94,7 +94,9 @@ class JetSample(Sample):
             keep = np.flatnonzero(ok)[: n_wanted - have]
             if len(keep) == 0:
                 continue
-            pieces.append({k: v[keep] if isinstance(v, ak.Array) and v.ndim > 1 else np.asarray(v)[keep] for k, v in jets.items()})
+            pieces.append(
+                {k: v[keep] if isinstance(v, ak.Array) and v.ndim > 1 else np.asarray(v)[keep] for k, v in jets.items()}
+            )
             have += len(keep)
             progress(len(keep))
         else:

@@ -207,7 +207,9 @@ class PhotonSample(Sample):
             )
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         layers = {k: v for k, v in merged.items() if k.startswith("cells_")}
-        merged.update({k: np.asarray(v, np.float32) for k, v in compute_shower_shapes(layers, merged["ph_eta"]).items()})
+        merged.update(
+            {k: np.asarray(v, np.float32) for k, v in compute_shower_shapes(layers, merged["ph_eta"]).items()}
+        )
         return merged
 
     def generate(self, n_events: int, n_signal: int, seeds: ChunkSeeds, pileup: PileupSpec, progress: Progress):
