@@ -35,7 +35,8 @@ import awkward as ak
 import numpy as np
 
 from calolab.errors import CalolabError, ConfigError
-from calolab.generation.pileup import ranges, wrap_phi
+from calolab.generation.geometry import wrap_phi
+from calolab.generation.pileup import ranges
 
 #: Absolute PDG ids that leave no signal anywhere in the detector.
 INVISIBLE_PIDS = (12, 14, 16, 1000022, 1000039)

@@ -18,6 +18,7 @@ import awkward as ak
 import numpy as np
 
 from calolab.errors import CalolabError, ConfigError
+from calolab.generation.geometry import wrap_phi
 
 #: Particle record fields and the dtypes the pool stores them with.
 PARTICLE_DTYPES: dict[str, np.dtype] = {
@@ -30,11 +31,6 @@ PARTICLE_DTYPES: dict[str, np.dtype] = {
     "charge": np.dtype(np.float32),
     "is_pileup": np.dtype(np.bool_),
 }
-
-
-def wrap_phi(phi: np.ndarray) -> np.ndarray:
-    """Wrap azimuthal angles into [-pi, pi)."""
-    return phi - 2.0 * np.pi * np.floor((phi + np.pi) / (2.0 * np.pi))
 
 
 def with_pileup_flag(particles: ak.Array, value: bool = False) -> ak.Array:

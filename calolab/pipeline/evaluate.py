@@ -39,8 +39,8 @@ def predict_scores(
     return out
 
 
-def _split(dm, name: str) -> dict[str, Any]:
-    a = dm.arrays(name)
+def _split(a) -> dict[str, Any]:
+    """Label, weight and aux arrays of a split, as calolab.evaluation takes them."""
     return {
         "label": np.asarray(a.label),
         "weight": np.asarray(a.weight),
@@ -61,8 +61,8 @@ def evaluate_model(cfg: DictConfig, model, dm, out_dir: Path, log: bool = True) 
         )
     result = evaluate_classifier(
         score=score,
-        test=_split(dm, "test"),
-        train=_split(dm, "train"),
+        test=_split(test_arrays),
+        train=_split(dm.arrays("train")),
         out_dir=out_dir,
         title=str(cfg.experiment_name),
         inputs_for_maps={k: np.asarray(v) for k, v in test_arrays.inputs.items()}

@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 metrics = evaluate_model(cfg, model, dm, Path(tmp) / "evaluation")
                 onnx_path = export_model(cfg, model, dm, Path(tmp) / "onnx")
                 if cfg.tracking.log_models:
-                    _log_models(model, dm, onnx_path)
+                    _log_models(model, onnx_path)
             else:  # pragma: no cover - other DDP ranks
                 metrics = {}
         result = {"run_id": run.run_id, "experiment": experiment, "tracking_uri": store.uri, "metrics": metrics}
@@ -127,7 +127,7 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return path if path and os.path.exists(path) else None
 
 
-def _log_models(model: pl.LightningModule, dm, onnx_path: Path) -> None:
+def _log_models(model: pl.LightningModule, onnx_path: Path) -> None:
     """The net in the mlflow.pytorch flavor and the verified ONNX file in the mlflow.onnx flavor."""
     import mlflow
     import onnx

@@ -16,6 +16,7 @@ import awkward as ak
 import numpy as np
 
 from calolab.errors import ConfigError, GenerationError
+from calolab.generation.geometry import wrap_phi
 from calolab.generation.pythia import PythiaGenerator, _quiet_stdout
 from calolab.generation.samples.base import ChunkSeeds, PileupSpec, Progress, Sample, check_fraction, shuffle_together
 
@@ -88,7 +89,7 @@ class JetSample(Sample):
             ok = np.asarray(ok, bool)
             jets = {f: jets[f] for f in jets.fields} if isinstance(jets, ak.Array) else dict(jets)
             if truth is not None:
-                dphi = (np.asarray(jets["jet_phi"]) - ak.to_numpy(truth.phi) + np.pi) % (2 * np.pi) - np.pi
+                dphi = wrap_phi(np.asarray(jets["jet_phi"]) - ak.to_numpy(truth.phi))
                 deta = np.asarray(jets["jet_eta"]) - ak.to_numpy(truth.eta)
                 ok &= ak.to_numpy(truth.found) & (deta**2 + dphi**2 < self.match_radius**2)
             keep = np.flatnonzero(ok)[: n_wanted - have]

@@ -17,6 +17,7 @@ import awkward as ak
 import numpy as np
 
 from calolab.errors import ConfigError, GenerationError
+from calolab.generation.geometry import wrap_phi
 from calolab.generation.pythia import PythiaGenerator
 from calolab.generation.samples.base import (
     ChunkSeeds,
@@ -32,10 +33,6 @@ from calolab.physics.shower_shapes import compute_shower_shapes
 MEV = 1000.0
 #: Pythia stops asking for more events after this many batches without reaching the target
 MAX_BATCHES = 10_000
-
-
-def _delta_phi(a, b):
-    return (a - b + np.pi) % (2 * np.pi) - np.pi
 
 
 def core_cluster_et(layers: dict[str, np.ndarray], eta: np.ndarray) -> np.ndarray:
@@ -191,7 +188,7 @@ class PhotonSample(Sample):
                 continue
             sub = prt[idx]
             seeds = {k: v[idx] for k, v in seeds.items()} | {"weight": gen.last_weights[idx]}
-            dr2 = (sub.eta - seeds["eta"]) ** 2 + _delta_phi(sub.phi, seeds["phi"]) ** 2
+            dr2 = (sub.eta - seeds["eta"]) ** 2 + wrap_phi(sub.phi - seeds["phi"]) ** 2
             cand = self._simulate(seeds, sub[dr2 < self.cone**2], label, mu, rng)
             et = cand["ph_pt"] / MEV
             keep = np.flatnonzero((et >= self.et_min) & (et <= self.et_max) & (np.abs(cand["ph_eta"]) < self.eta_max))
