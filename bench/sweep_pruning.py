@@ -4,7 +4,13 @@ Same sampler seed, same trial budget, same sample; prints, per setting, the tota
 (the cost) and the best value (the result), then the ratios. Target: pruning spends <= 60% of the
 epochs for a best value within the run-to-run spread (``--repeats`` seeds give that spread).
 
-    .venv/bin/python bench/sweep_pruning.py [--trials 12] [--epochs 6] [--events 2000] [--repeats 2]
+    .venv/bin/python bench/sweep_pruning.py [--trials 20] [--epochs 10] [--events 2000] [--repeats 3]
+
+The photon_id preset (TPE, median pruner with 3 startup trials and 1 warm-up epoch) on the
+smoke-mode photon sample with full epochs; it optimises val/loss, as val/auc saturates on a
+sample this small. Pruning can only pay once trials have epochs to save: with the preset's
+startup and warm-up, 8 trials x 4 epochs cannot go below 0.69 whatever the pruner decides.
+About 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -59,13 +65,14 @@ def run(root: Path, pruner: str, seed: int, args: argparse.Namespace) -> tuple[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--events", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=2, help="sampler seeds per setting (the spread)")
+    parser.add_argument("--repeats", type=int, default=3, help="sampler seeds per setting (the spread)")
+    parser.add_argument("--pruner", default="median", help="the pruner to compare with none (median, hyperband)")
     parser.add_argument("--seed", type=int, default=12345)
     args = parser.parse_args()
-    results: dict[str, list[tuple[int, float]]] = {"none": [], "median": []}
+    results: dict[str, list[tuple[int, float]]] = {"none": [], args.pruner: []}
     with tempfile.TemporaryDirectory(prefix="calolab-bench-") as tmp:
         for i in range(args.repeats):
             for pruner in results:
@@ -73,17 +80,21 @@ def main() -> None:
                 print(
                     f"{pruner:>7} seed {args.seed + i}: epochs {results[pruner][-1][0]}, best val/loss {results[pruner][-1][1]:.4f}"
                 )
-    epochs = {p: statistics.mean(e for e, _ in r) for p, r in results.items()}
-    best = {p: [b for _, b in r] for p, r in results.items()}
-    spread = max(statistics.pstdev(b) for b in best.values()) if args.repeats > 1 else float("nan")
-    print(f"\n{args.trials} trials x {args.epochs} epochs, {args.repeats} seed(s)")
+    p = args.pruner
+    epochs = {k: statistics.mean(e for e, _ in r) for k, r in results.items()}
+    best = {k: [b for _, b in r] for k, r in results.items()}
+    # the spread of the best value between sampler seeds without pruning: what "the same" means
+    spread = statistics.stdev(best["none"]) if args.repeats > 1 else float("nan")
+    ratio = epochs[p] / epochs["none"]
+    diff = statistics.mean(best[p]) - statistics.mean(best["none"])
+    print(f"\n{args.trials} trials x {args.epochs} epochs, {args.events} events, {args.repeats} sampler seed(s)")
+    print(f"epochs trained   none {epochs['none']:.1f}   {p} {epochs[p]:.1f}   ratio {ratio:.2f} (target <= 0.60)")
     print(
-        f"epochs trained   none {epochs['none']:.1f}   median {epochs['median']:.1f}   ratio {epochs['median'] / epochs['none']:.2f} (target <= 0.60)"
+        f"best val/loss    none {statistics.mean(best['none']):.4f}   {p} {statistics.mean(best[p]):.4f}   "
+        f"difference {diff:+.4f}   run-to-run spread (stdev, none) {spread:.4f}"
     )
-    print(
-        f"best val/loss    none {statistics.mean(best['none']):.4f}   median {statistics.mean(best['median']):.4f}   "
-        f"difference {statistics.mean(best['median']) - statistics.mean(best['none']):+.4f}   run-to-run spread {spread:.4f}"
-    )
+    verdict = "met" if ratio <= 0.60 and abs(diff) <= spread else "missed"
+    print(f"target {verdict}: epochs ratio <= 0.60 and |difference| <= spread")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ with ``HYDRA_FULL_ERROR=1`` or ``CALOLAB_VERBOSE=1``.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
+from typing import Any
 
 
 class CalolabError(Exception):
@@ -51,6 +53,33 @@ class KeyInFileError(CalolabError, KeyError):
 
 class GenerationError(CalolabError, RuntimeError):
     """The event generator could not be configured or failed while running."""
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    allow_none: bool = False,
+) -> float | None:
+    """``value`` as a float, or a ConfigError naming ``name``: it must be a finite number (not a
+    bool), ``>= low`` (``> low`` with ``low_open``) and ``<= high``; None passes with
+    ``allow_none``. The one range check of constructor arguments and settings."""
+    if value is None and allow_none:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(value, bool) or not math.isfinite(x):
+        raise ConfigError(f"{name} must be a finite number, but got {value!r}")
+    if low is not None and (x <= low if low_open else x < low):
+        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low:g}, but got {value!r}")
+    if high is not None and x > high:
+        raise ConfigError(f"{name} must be <= {high:g}, but got {value!r}")
+    return x
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

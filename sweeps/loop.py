@@ -23,23 +23,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
-from optuna.storages import RDBStorage
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat API has no public base class
 from optuna.trial import TrialState
 
 from calolab.errors import ConfigError
 from calolab.tracking import TrackingStore
 from sweeps.errors import SweepError
 from sweeps.pruners import make_pruner
-from sweeps.report import ParentRun
+from sweeps.report import ParentRun, close_dead_runs
 from sweeps.samplers import make_sampler
-from sweeps.space import override, parse_space
-from sweeps.storage import open_storage, redact
+from sweeps.space import fixed_overrides, override, parse_space
+from sweeps.storage import GRACE_S, HEARTBEAT_S, MAX_RETRY, open_storage, redact
 from sweeps.trial import TRIAL_KEY
 
 log = logging.getLogger(__name__)
 WORKER_ATTR = "calolab.worker"
+PARENT_ATTR = "calolab.parent_run_id"
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -61,6 +62,8 @@ class SweepSettings:
     storage: str | None = None
     max_failure_rate: float = 0.5
     seed: int | None = None
+    heartbeat_interval: int = HEARTBEAT_S
+    grace_period: int = GRACE_S
     params: dict = field(default_factory=dict)
 
     @classmethod
@@ -93,20 +96,17 @@ class SweepSettings:
             raise ConfigError(
                 f"hydra.sweeper.max_failure_rate must be between 0 and 1, but got max_failure_rate={self.max_failure_rate}"
             )
+        for key in ("heartbeat_interval", "grace_period"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"hydra.sweeper.{key} must be a positive number of seconds, but got {key}={value!r}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                "hydra.sweeper.grace_period must exceed heartbeat_interval (else live trials look dead), but got "
+                f"grace_period={self.grace_period}, heartbeat_interval={self.heartbeat_interval}"
+            )
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"hydra.sweeper.timeout must be positive (or null), but got timeout={self.timeout}")
-
-
-def fixed_overrides(arguments: Sequence[str]) -> list[str]:
-    """The command line's overrides, passed to every trial; sweep syntax is refused (the search
-    space belongs in ``hydra.sweeper.params``)."""
-    for parsed in OverridesParser.create().parse_overrides(list(arguments)):
-        if parsed.is_sweep_override():
-            raise ConfigError(
-                f"{parsed.input_line!r}: the calolab sweeper takes its search space from hydra.sweeper.params, "
-                "not from sweep overrides on the command line"
-            )
-    return list(arguments)
 
 
 def _alive(pid: int) -> bool:
@@ -119,35 +119,56 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover_stale_trials(study: optuna.Study) -> int:
-    """Fail trials left RUNNING by a dead worker and queue them again (same params).
+def _heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
+    """The storage's heartbeat interval (RDB storages, also behind Optuna's cache), else None."""
+    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
 
-    RDB storages do it by heartbeat (any host); the journal file, which has no heartbeat, by
-    checking whether the worker process recorded on the trial is still alive on this host.
-    """
-    if isinstance(study._storage, RDBStorage) and study._storage.get_heartbeat_interval():
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
-        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return len(before - after)
-    host, n = socket.gethostname(), 0
+
+def _stale_trial_ids(study: optuna.Study) -> dict[int, str]:
+    """RUNNING trials whose worker is gone, with the reason: by heartbeat on an RDB storage (any
+    host), by the recorded worker PID on this host for a journal file (which has no heartbeat)."""
+    storage = study._storage
+    if _heartbeat_interval(storage):
+        grace = getattr(getattr(storage, "_backend", storage), "grace_period", None) or 2 * _heartbeat_interval(storage)
+        return {i: f"no heartbeat for over {grace} s" for i in storage._get_stale_trial_ids(study._study_id)}
+    host, stale = socket.gethostname(), {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {host}:{pid} died")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        retries = int(t.user_attrs.get("calolab.retries", 0))
-        if retries < 2:
-            study.enqueue_trial(t.params, user_attrs={"calolab.retries": retries + 1, "calolab.retry_of": t.number})
-        n += 1
-    return n
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            stale[t._trial_id] = "its process is gone"
+    return stale
+
+
+def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fail the trials a dead worker left RUNNING (reason in ``fail_reason``) and queue each again
+    with the same parameters, up to ``MAX_RETRY`` times (Optuna's retry callback: the retry's
+    system attributes ``failed_trial`` / ``retry_history`` name the original). Returns the failed
+    trials; a trial another worker recovers first is left to it."""
+    failed = []
+    with warnings.catch_warnings():  # the retry callback is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    for trial_id, why in _stale_trial_ids(study).items():
+        trial = study._storage.get_trial(trial_id)
+        reason = f"worker {trial.user_attrs.get(WORKER_ATTR, '?')} died: {why}"
+        try:
+            study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if not study._storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        frozen = study._storage.get_trial(trial_id)
+        with warnings.catch_warnings():  # the retry callback is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry(study, frozen)
+        failed.append(frozen)
+    return failed
 
 
 @contextmanager
 def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]):
     """Record the in-flight trials' heartbeats (RDB storages) while they run."""
-    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    interval = _heartbeat_interval(storage)
     if not interval:
         yield
         return
@@ -190,11 +211,13 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, n_objectives: int) 
     return study.tell(trial, values if n_objectives > 1 else values[0])
 
 
-def open_study(settings: SweepSettings, config: DictConfig) -> tuple[optuna.Study, str, list[str], dict]:
+def open_study(
+    settings: SweepSettings, config: DictConfig, arguments: Sequence[str] = ()
+) -> tuple[optuna.Study, str, list[str], dict]:
     """Validate the settings and create or load the study; nothing runs before this passed."""
     settings.check()
     metrics, directions = settings.objectives()
-    space = parse_space(settings.params, config)
+    space = parse_space(settings.params, config, arguments)
     sampler = make_sampler(
         settings.sampler, seed=settings.seed, n_objectives=len(metrics), options=settings.sampler_options
     )
@@ -208,7 +231,7 @@ def open_study(settings: SweepSettings, config: DictConfig) -> tuple[optuna.Stud
     if not study_name:
         raise ConfigError("hydra.sweeper.study_name is not set (and no experiment_name to default to)")
     spec = settings.storage or os.path.join(str(config.hydra.sweep.dir), "optuna.journal")
-    storage = open_storage(spec)
+    storage = open_storage(spec, heartbeat_s=settings.heartbeat_interval, grace_s=settings.grace_period)
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -236,12 +259,18 @@ def run_sweep(
     arguments: Sequence[str],
 ) -> list[Any]:
     """One worker's part of the study in ``settings``; returns the Hydra job returns."""
+    study, spec, metrics, space = open_study(settings, config, arguments)
     fixed = fixed_overrides(arguments)
-    study, spec, metrics, space = open_study(settings, config)
     store = TrackingStore.resolve(config.tracking.uri, config.paths.mlruns_dir)
     recovered = recover_stale_trials(study)
-    if recovered:
-        log.warning("study %s: %d trial(s) of a dead worker failed and queued again", study.study_name, recovered)
+    for trial in recovered:
+        log.warning(
+            "study %s: trial %d failed (%s), queued again",
+            study.study_name,
+            trial.number,
+            trial.user_attrs["fail_reason"],
+        )
+    close_dead_runs(store.client(), recovered)
     parent = ParentRun(store, str(config.experiment_name), study, spec)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     log.info(
@@ -263,6 +292,7 @@ def run_sweep(
                     warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
                     trial = study.ask(space)
                 trial.set_user_attr(WORKER_ATTR, worker)
+                trial.set_user_attr(PARENT_ATTR, parent.run_id)
                 trials.append(trial)
             batch = [
                 [

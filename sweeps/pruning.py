@@ -21,11 +21,13 @@ class PruningCallback(pl.Callback):
     Args:
         trial: the attached Optuna trial.
         metrics: the study's metric keys (``val/auc``, ...), one per objective.
-        prune: report and prune (single-objective studies only; Optuna cannot prune others).
+        report: report to the trial and ask its pruner (single-objective studies only: Optuna
+            takes no intermediate values of others); the study's pruner decides (NopPruner never
+            prunes).
     """
 
-    def __init__(self, trial: optuna.Trial, metrics: list[str], *, prune: bool = True):
-        self.trial, self.metrics, self.prune = trial, list(metrics), prune
+    def __init__(self, trial: optuna.Trial, metrics: list[str], *, report: bool = True):
+        self.trial, self.metrics, self.report = trial, list(metrics), report
         self.history: dict[str, list[float]] = {m: [] for m in self.metrics}
         self.epochs = 0
         self.pruned_at: int | None = None
@@ -48,7 +50,7 @@ class PruningCallback(pl.Callback):
             if values:  # NaN / inf: stop now, the trial ends FAIL
                 trainer.should_stop = True
             return
-        if not self.prune:
+        if not self.report:
             return
         self.trial.report(values[-1], step=epoch)
         if self.trial.should_prune():

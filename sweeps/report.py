@@ -91,6 +91,29 @@ class ParentRun:
                 self.client.log_artifact(self.run_id, str(path), "plots")
 
 
+def close_dead_runs(client: MlflowClient, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """End the MLflow runs a dead worker left RUNNING: each recovered trial's child run and the
+    worker's parent run become FAILED with the reason in ``calolab.error``."""
+    for trial in trials:
+        reason = trial.user_attrs.get("fail_reason", "worker died")
+        for run_id, why in (
+            (trial.user_attrs.get("mlflow_run_id"), reason),
+            (trial.user_attrs.get("calolab.parent_run_id"), f"trial {trial.number}: {reason}"),
+        ):
+            if not run_id:
+                continue
+            try:
+                run = client.get_run(run_id)
+            except Exception as err:  # a run in another tracking store: nothing to close here
+                log.warning("cannot close run %s of dead trial %d: %s", run_id, trial.number, err)
+                continue
+            if run.info.status == "RUNNING":
+                client.set_tag(run_id, "calolab.error", why[:5000])
+                if run_id == trial.user_attrs.get("mlflow_run_id"):
+                    client.set_tag(run_id, "optuna.state", "FAIL")
+                client.set_terminated(run_id, "FAILED")
+
+
 def study_plots(study: optuna.Study, metrics: list[str], out: Path) -> list[Path]:
     """The study's plots as PNGs (a plot that cannot be drawn yet is skipped with a log line)."""
     import matplotlib

@@ -2,16 +2,29 @@
 
 Each entry maps a config path to a spec: ``{type: float, low, high, log, step}``,
 ``{type: int, low, high, log, step}`` or ``{type: categorical, choices: [...]}``; a plain list
-is shorthand for a categorical. Every path must exist in the composed config and every range
-must be non-empty, so that a typo fails before the first trial rather than after the tenth.
+is shorthand for a categorical. As in the stock Hydra Optuna sweeper, a spec may also be a string
+in Hydra's sweep grammar, and the same grammar on the command line adds or replaces dimensions:
+
+    choice(32, 64, 128)  or  32,64,128      categorical
+    range(1, 5)  range(0.1, 0.5, 0.1)       int / stepped float over the values Hydra's range
+                                            yields (stop excluded, as in Hydra)
+    interval(0.0, 0.3)                      float
+    tag(log, interval(1e-5, 1e-2))          log-float
+
+A plain command-line override of a path in the space fixes it (``net.dropout=0.1``). Every path
+must exist in the composed config (or be a config group) and every range must be non-empty, so
+that a typo fails before the first trial rather than after the tenth.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (
     BaseDistribution,
@@ -30,6 +43,8 @@ def _check_path(path: str, config: DictConfig | None) -> None:
     if config is None:
         return
     value = OmegaConf.select(config, path, default=_MISSING, throw_on_missing=False, throw_on_resolution_failure=False)
+    if value is _MISSING and path in (OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}):
+        return  # a config group: `net=a,b` chooses between its options
     if value is _MISSING:
         parent, _, leaf = path.rpartition(".")
         node = OmegaConf.select(config, parent, default=None) if parent else config
@@ -86,18 +101,83 @@ def parse_param(path: str, spec: Any) -> BaseDistribution:
     return FloatDistribution(float(low), float(high), log=log, step=None if step is None else float(step))
 
 
-def parse_space(params: Mapping[str, Any] | None, config: DictConfig | None = None) -> dict[str, BaseDistribution]:
-    """``hydra.sweeper.params`` as ``{config path: distribution}``; checks paths against ``config``."""
-    if not params:
-        raise ConfigError("hydra.sweeper.params is empty: a sweep needs at least one parameter to search")
-    space = {}
-    for path, spec in params.items():
+def _choice(value: Any) -> Any:
+    """A categorical choice as Optuna stores it: lists and mappings as their Hydra text."""
+    return Transformer.encode(value) if isinstance(value, (list, dict)) else value
+
+
+def sweep_spec(parsed: Override) -> Any:
+    """A sweep override (``choice``, ``range``, ``interval``, ``tag(log, ...)``) as a spec for
+    :func:`parse_param`; a plain override gives None."""
+    where = f"{parsed.input_line!r}"
+    if parsed.is_choice_sweep() or (parsed.is_range_sweep() and parsed.value().shuffle):
+        return {"type": "categorical", "choices": [_choice(v) for v in parsed.sweep_iterator()]}
+    if parsed.is_range_sweep():
+        values, sweep = list(parsed.sweep_iterator()), parsed.value()
+        if len(values) < 2:
+            raise ConfigError(f"{where}: a range to search needs at least two values, but it yields {values}")
+        if all(isinstance(v, int) for v in values):
+            return {"type": "int", "low": values[0], "high": values[-1], "step": int(sweep.step)}
+        return {"type": "float", "low": float(values[0]), "high": float(values[-1]), "step": float(sweep.step)}
+    if parsed.is_interval_sweep():
+        sweep = parsed.value()
+        unknown = set(sweep.tags) - {"log"}
+        if unknown:
+            raise ConfigError(f"{where}: the only tag an interval takes is 'log', but got {sorted(unknown)}")
+        return {"type": "float", "low": sweep.start, "high": sweep.end, "log": "log" in sweep.tags}
+    if parsed.is_sweep_override():
+        raise ConfigError(f"{where}: not a search dimension (use choice, range, interval or tag(log, interval))")
+    return None
+
+
+def _parse_override(text: str) -> Override:
+    try:
+        return OverridesParser.create().parse_override(text)
+    except HydraException as err:
+        raise ConfigError(f"hydra.sweeper.params: cannot parse {text!r}: {err}") from err
+
+
+def parse_space(
+    params: Mapping[str, Any] | None, config: DictConfig | None = None, arguments: Sequence[str] = ()
+) -> dict[str, BaseDistribution]:
+    """``hydra.sweeper.params`` and the command line's sweep overrides as ``{config path:
+    distribution}``; a plain command-line override of a path drops it from the space. Paths are
+    checked against ``config``."""
+    specs: dict[str, Any] = {}
+    for path, spec in (params or {}).items():
         path = str(path)
         if OmegaConf.is_config(spec):
             spec = OmegaConf.to_container(spec, resolve=True)
+        if isinstance(spec, str):
+            spec = sweep_spec(_parse_override(f"{path}={spec}"))
+            if spec is None:
+                raise ConfigError(
+                    f"hydra.sweeper.params.{path}: expected a search dimension such as "
+                    f"'interval(0.0, 0.3)' or 'choice(32, 64)', but got {params[path]!r}"
+                )
+        specs[path] = spec
+    for parsed in OverridesParser.create().parse_overrides(list(arguments)):
+        path = parsed.get_key_element().lstrip("+~")
+        spec = sweep_spec(parsed)
+        if spec is not None:
+            specs[path] = spec
+        elif path in specs and not parsed.is_delete():
+            del specs[path]  # fixed on the command line (a deleted key stays, and fails the path check)
+    if not specs:
+        raise ConfigError("hydra.sweeper.params is empty: a sweep needs at least one parameter to search")
+    space = {}
+    for path, spec in specs.items():
         space[path] = parse_param(path, spec)
         _check_path(path, config)
     return space
+
+
+def fixed_overrides(arguments: Sequence[str]) -> list[str]:
+    """The command line's overrides without its sweep overrides (those are search dimensions):
+    what every trial gets besides its sampled parameters."""
+    return [
+        a for a, p in zip(arguments, OverridesParser.create().parse_overrides(list(arguments))) if sweep_spec(p) is None
+    ]
 
 
 def override(path: str, value: Any) -> str:

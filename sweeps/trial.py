@@ -73,8 +73,9 @@ class TrialHandle:
     callback: PruningCallback = field(init=False)
 
     def __post_init__(self):
-        prune = len(self.metrics) == 1 and not isinstance(self.study.pruner, optuna.pruners.NopPruner)
-        self.callback = PruningCallback(self.trial, self.metrics, prune=prune)
+        # single-objective trials report every epoch (also without a pruner: the dashboard's
+        # intermediate-value plot, and a record to compare pruners on); Optuna cannot take more
+        self.callback = PruningCallback(self.trial, self.metrics, report=len(self.metrics) == 1)
 
     run_class = TrialRun
 

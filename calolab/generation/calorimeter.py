@@ -32,7 +32,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from calolab.errors import CalolabError, ConfigError
+from calolab.errors import CalolabError, ConfigError, check_number
 from calolab.generation.geometry import EM_LAYERS, GRIDS, LAYER_NAMES, DepthStack, Window, search_hottest, wrap_phi
 from calolab.generation.showers import (
     PHOTON_CONVERSION_X0,
@@ -58,20 +58,6 @@ LATERAL_REACH_CM = 30.0
 
 class SimulationInputError(CalolabError, ValueError):
     """The particles or candidate arrays given to :meth:`EMCalorimeter.simulate` are malformed."""
-
-
-def _number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, but got {value!r}") from None
-    if not math.isfinite(x):
-        raise ConfigError(f"{name} must be finite, but got {value!r}")
-    if lo is not None and (x <= lo if open_lo else x < lo):
-        raise ConfigError(f"{name} must be {'>' if open_lo else '>='} {lo:g}, but got {value!r}")
-    if hi is not None and x > hi:
-        raise ConfigError(f"{name} must be <= {hi:g}, but got {value!r}")
-    return x
 
 
 def _integer(name: str, value: Any, lo: int) -> int:
@@ -171,34 +157,36 @@ class EMCalorimeter:
         hadron_radius_cm: float = 5.0,
         hadron_spots: int = 16,
     ):
-        self.radius_cm = _number("radius_cm", radius_cm, 0.0, open_lo=True)
-        self.moliere_radius_cm = _number("moliere_radius_cm", moliere_radius_cm, 0.0, open_lo=True)
-        self.critical_energy_mev = _number("critical_energy_mev", critical_energy_mev, 0.0, open_lo=True)
-        self.z_eff = _number("z_eff", z_eff, 1.0, 100.0)
-        self.presampler_x0 = _number("presampler_x0", presampler_x0, 0.0)
+        self.radius_cm = check_number("radius_cm", radius_cm, 0.0, low_open=True)
+        self.moliere_radius_cm = check_number("moliere_radius_cm", moliere_radius_cm, 0.0, low_open=True)
+        self.critical_energy_mev = check_number("critical_energy_mev", critical_energy_mev, 0.0, low_open=True)
+        self.z_eff = check_number("z_eff", z_eff, 1.0, 100.0)
+        self.presampler_x0 = check_number("presampler_x0", presampler_x0, 0.0)
         depths = _per_layer("layer_depths_x0", layer_depths_x0, EM_LAYERS)
-        self.layer_depths_x0 = {k: _number(f"layer_depths_x0[{k!r}]", v, 0.0, open_lo=True) for k, v in depths.items()}
+        self.layer_depths_x0 = {
+            k: check_number(f"layer_depths_x0[{k!r}]", v, 0.0, low_open=True) for k, v in depths.items()
+        }
         noise = _per_layer("noise_mev", noise_mev, LAYER_NAMES)
-        self.noise_mev = {k: _number(f"noise_mev[{k!r}]", v, 0.0) for k, v in noise.items()}
+        self.noise_mev = {k: check_number(f"noise_mev[{k!r}]", v, 0.0) for k, v in noise.items()}
         pileup = _per_layer("pileup_noise_mev", pileup_noise_mev, LAYER_NAMES)
-        self.pileup_noise_mev = {k: _number(f"pileup_noise_mev[{k!r}]", v, 0.0) for k, v in pileup.items()}
-        self.sampling_term = _number("sampling_term", sampling_term, 0.0, 1.0)
+        self.pileup_noise_mev = {k: check_number(f"pileup_noise_mev[{k!r}]", v, 0.0) for k, v in pileup.items()}
+        self.sampling_term = check_number("sampling_term", sampling_term, 0.0, 1.0)
         self.max_spots = _integer("max_spots", max_spots, 1)
         self.windows = {k: self._window_shape(k, v) for k, v in _per_layer("windows", windows, LAYER_NAMES).items()}
-        self.unhealthy_fraction = _number("unhealthy_fraction", unhealthy_fraction, 0.0, 1.0)
+        self.unhealthy_fraction = check_number("unhealthy_fraction", unhealthy_fraction, 0.0, 1.0)
         self.seed_search_cells = _integer("seed_search_cells", seed_search_cells, 0)
         if not isinstance(projective_depth, (bool, np.bool_)):
             raise ConfigError(f"projective_depth must be true or false, but got {projective_depth!r}")
         self.projective_depth = bool(projective_depth)
-        self.bfield_tesla = _number("bfield_tesla", bfield_tesla, 0.0)
-        self.solenoid_radius_cm = _number("solenoid_radius_cm", solenoid_radius_cm, 0.0, self.radius_cm)
-        self.mip_mev_per_x0 = _number("mip_mev_per_x0", mip_mev_per_x0, 0.0)
-        self.tile_mip_mev = _number("tile_mip_mev", tile_mip_mev, 0.0)
-        self.lambda_per_x0 = _number("lambda_per_x0", lambda_per_x0, 0.0, 1.0, open_lo=True)
-        self.tile_depth_lambda = _number("tile_depth_lambda", tile_depth_lambda, 0.0, open_lo=True)
-        self.hadron_response = _number("hadron_response", hadron_response, 0.0, 2.0)
-        self.hadron_stochastic_term = _number("hadron_stochastic_term", hadron_stochastic_term, 0.0, 5.0)
-        self.hadron_radius_cm = _number("hadron_radius_cm", hadron_radius_cm, 0.0, open_lo=True)
+        self.bfield_tesla = check_number("bfield_tesla", bfield_tesla, 0.0)
+        self.solenoid_radius_cm = check_number("solenoid_radius_cm", solenoid_radius_cm, 0.0, self.radius_cm)
+        self.mip_mev_per_x0 = check_number("mip_mev_per_x0", mip_mev_per_x0, 0.0)
+        self.tile_mip_mev = check_number("tile_mip_mev", tile_mip_mev, 0.0)
+        self.lambda_per_x0 = check_number("lambda_per_x0", lambda_per_x0, 0.0, 1.0, low_open=True)
+        self.tile_depth_lambda = check_number("tile_depth_lambda", tile_depth_lambda, 0.0, low_open=True)
+        self.hadron_response = check_number("hadron_response", hadron_response, 0.0, 2.0)
+        self.hadron_stochastic_term = check_number("hadron_stochastic_term", hadron_stochastic_term, 0.0, 5.0)
+        self.hadron_radius_cm = check_number("hadron_radius_cm", hadron_radius_cm, 0.0, low_open=True)
         self.hadron_spots = _integer("hadron_spots", hadron_spots, 1)
         self.stack = DepthStack(
             self.presampler_x0, tuple(self.layer_depths_x0.values()), self.lambda_per_x0, self.tile_depth_lambda

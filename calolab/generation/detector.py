@@ -29,12 +29,10 @@ round(2 pi / tower_size) bins in phi, so the actual widths are the nearest ones 
 
 from __future__ import annotations
 
-import math
-
 import awkward as ak
 import numpy as np
 
-from calolab.errors import CalolabError, ConfigError
+from calolab.errors import CalolabError, ConfigError, check_number
 from calolab.generation.geometry import wrap_phi
 from calolab.generation.pileup import ranges
 
@@ -72,13 +70,6 @@ def _lognormal_smear(values: np.ndarray, relative_sigma: np.ndarray, rng: np.ran
     return values * np.exp(rng.standard_normal(values.shape) * np.sqrt(s2) - 0.5 * s2)
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    ok = math.isfinite(value) and (value >= 0.0 if allow_zero else value > 0.0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be a finite number {bound}, but got {name}={value}")
-
-
 class Detector:
     """Tracker plus calorimeter towers turning particles into reconstructed constituents.
 
@@ -114,11 +105,11 @@ class Detector:
         track_resolution_constant: float = 0.01,
         tower_e_min: float = 0.5,
     ) -> None:
-        _check_positive("tower_size", tower_size)
+        check_number("tower_size", tower_size, 0.0, low_open=True)
         if tower_size > 1.0:
             raise ConfigError(f"tower_size must be in (0, 1], but got tower_size={tower_size}")
-        _check_positive("eta_max", eta_max)
-        _check_positive("tracker_eta_max", tracker_eta_max, allow_zero=True)
+        check_number("eta_max", eta_max, 0.0, low_open=True)
+        check_number("tracker_eta_max", tracker_eta_max, 0.0)
         if tracker_eta_max > eta_max:
             raise ConfigError(
                 f"tracker_eta_max must be <= eta_max={eta_max}, but got tracker_eta_max={tracker_eta_max}"
@@ -133,7 +124,7 @@ class Detector:
             ("track_resolution_constant", track_resolution_constant),
             ("tower_e_min", tower_e_min),
         ]:
-            _check_positive(name, value, allow_zero=True)
+            check_number(name, value, 0.0)
         self.tower_size = tower_size
         self.eta_max = eta_max
         self.tracker_eta_max = tracker_eta_max

@@ -17,13 +17,11 @@ four-momentum sums) is done with flat numpy index arrays, with no Python loop ov
 
 from __future__ import annotations
 
-import math
-
 import awkward as ak
 import fastjet
 import numpy as np
 
-from calolab.errors import ConfigError
+from calolab.errors import ConfigError, check_number
 from calolab.generation.detector import flat_field
 
 ALGORITHMS = {
@@ -92,13 +90,6 @@ def _cluster(
     return jet_event, const_jet, const_index, np.hypot(jet_px, jet_py)
 
 
-def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = True) -> None:
-    inside = (low < value if low_open else low <= value) and value <= high
-    if not (isinstance(value, (int, float)) and not math.isnan(value) and inside):
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{name} must be in {bracket}{low}, {high}], but got {name}={value}")
-
-
 class JetBuilder:
     """Leading (trimmed) jet per event with its kinematics, tau21 and constituents.
 
@@ -129,17 +120,17 @@ class JetBuilder:
         mass_min: float = 0.0,
         mass_max: float | None = None,
     ) -> None:
-        _check_range("radius", radius, 0.0, 3.0)
+        check_number("radius", radius, 0.0, 3.0, low_open=True)
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm must be one of {sorted(ALGORITHMS)}, but got algorithm={algorithm!r}")
         if trim_radius is not None:
-            _check_range("trim_radius", trim_radius, 0.0, radius)
-        _check_range("trim_fcut", trim_fcut, 0.0, 1.0, low_open=False)
-        _check_range("pt_min", pt_min, 0.0, math.inf, low_open=False)
+            check_number("trim_radius", trim_radius, 0.0, radius, low_open=True)
+        check_number("trim_fcut", trim_fcut, 0.0, 1.0)
+        check_number("pt_min", pt_min, 0.0)
         if not pt_max > pt_min:
             raise ConfigError(f"pt_max must be > pt_min={pt_min}, but got pt_max={pt_max}")
-        _check_range("eta_max", eta_max, 0.0, math.inf)
-        _check_range("mass_min", mass_min, 0.0, math.inf, low_open=False)
+        check_number("eta_max", eta_max, 0.0, low_open=True)
+        check_number("mass_min", mass_min, 0.0)
         if mass_max is not None and not mass_max > mass_min:
             raise ConfigError(f"mass_max must be None or > mass_min={mass_min}, but got mass_max={mass_max}")
         self.radius = float(radius)

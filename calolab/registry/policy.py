@@ -7,28 +7,17 @@ any model is restored or any alias is touched.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from calolab.errors import ConfigError, suggest
+from calolab.errors import ConfigError, check_number, suggest
 
 #: Metrics a promotion can be decided on; each is recomputed on the frozen test split.
 METRICS = ("test/auc", "test/rej50", "test/rej80")
 MODES = ("max", "min")
-
-
-def _number(section: str, key: str, value: Any, *, minimum: float | None = None, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"registry.{section}{key} must be a finite number, but got {key}={value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"registry.{section}{key} must be >= {minimum:g}, but got {key}={value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -45,9 +34,9 @@ class ParityPolicy:
     events: int
 
     def __post_init__(self) -> None:
-        _number("parity.", "atol", self.atol)
-        _number("parity.", "rtol", self.rtol)
-        _number("parity.", "events", self.events, minimum=1)
+        check_number("registry.parity.atol", self.atol)
+        check_number("registry.parity.rtol", self.rtol)
+        check_number("registry.parity.events", self.events, 1)
 
 
 @dataclass(frozen=True)
@@ -67,10 +56,10 @@ class LatencyPolicy:
     threads: int
 
     def __post_init__(self) -> None:
-        _number("latency.", "max_ms", self.max_ms, minimum=0, allow_none=True)
-        _number("latency.", "runs", self.runs, minimum=1)
-        _number("latency.", "warmup", self.warmup, minimum=0)
-        _number("latency.", "threads", self.threads, minimum=1)
+        check_number("registry.latency.max_ms", self.max_ms, 0, allow_none=True)
+        check_number("registry.latency.runs", self.runs, 1)
+        check_number("registry.latency.warmup", self.warmup, 0)
+        check_number("registry.latency.threads", self.threads, 1)
 
 
 @dataclass(frozen=True)
@@ -90,12 +79,12 @@ class DecorrelationPolicy:
     bins: int
 
     def __post_init__(self) -> None:
-        _number("decorrelation.", "min_inverse_jsd", self.min_inverse_jsd, minimum=0, allow_none=True)
+        check_number("registry.decorrelation.min_inverse_jsd", self.min_inverse_jsd, 0, allow_none=True)
         if not isinstance(self.variable, str) or not self.variable:
             raise ConfigError(f"registry.decorrelation.variable must name an aux branch, but got {self.variable!r}")
-        if not 0.0 < _number("decorrelation.", "eff_sig", self.eff_sig) < 1.0:
+        if not 0.0 < check_number("registry.decorrelation.eff_sig", self.eff_sig) < 1.0:
             raise ConfigError(f"registry.decorrelation.eff_sig must be in (0, 1), but got eff_sig={self.eff_sig!r}")
-        _number("decorrelation.", "bins", self.bins, minimum=2)
+        check_number("registry.decorrelation.bins", self.bins, 2)
 
 
 @dataclass(frozen=True)
@@ -128,10 +117,10 @@ class GatePolicy:
             )
         if self.mode not in MODES:
             raise ConfigError(f"registry.mode must be 'max' or 'min', but got mode={self.mode!r}")
-        _number("", "min_improvement", self.min_improvement)
+        check_number("registry.min_improvement", self.min_improvement)
         if not isinstance(self.force_digest, bool):
             raise ConfigError(f"registry.force_digest must be true or false, but got {self.force_digest!r}")
-        _number("", "lock_timeout_s", self.lock_timeout_s, minimum=0)
+        check_number("registry.lock_timeout_s", self.lock_timeout_s, 0)
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping) -> GatePolicy:

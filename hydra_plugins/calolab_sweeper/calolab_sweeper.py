@@ -32,6 +32,8 @@ class CalolabSweeperConf:
     storage: str | None = None  # default: <hydra.sweep.dir>/optuna.journal; or an Optuna RDB URL
     max_failure_rate: float = 0.5  # stop once more than this fraction of n_trials failed
     seed: int | None = None  # the sampler's seed
+    heartbeat_interval: int = 30  # s; RDB storages: a RUNNING trial's worker beats this often
+    grace_period: int = 90  # s; RDB storages: a trial without a beat for this long is failed and retried
     params: dict[str, Any] = field(default_factory=dict)  # config path -> {type, low, high, log, step, choices}
 
 

@@ -247,7 +247,7 @@ def test_unhealthy_candidates_differ_in_one_em_layer():
         ({"layer_depths_x0": [4.3, 16.0]}, r"layer_depths_x0 must have 3 entries"),
         ({"pileup_noise_mev": "12"}, r"pileup_noise_mev must be a mapping"),
         ({"projective_depth": "yes"}, r"projective_depth must be true or false"),
-        ({"sampling_term": float("nan")}, r"sampling_term must be finite"),
+        ({"sampling_term": float("nan")}, r"sampling_term must be a finite number"),
     ],
 )
 def test_bad_constructor_args_raise_config_error(kwargs, message):

@@ -15,7 +15,7 @@ from calolab.errors import ConfigError
 from sweeps.loop import WORKER_ATTR, SweepSettings, open_study, recover_stale_trials, tell
 from sweeps.pruners import make_pruner
 from sweeps.samplers import make_sampler
-from sweeps.space import override, parse_space
+from sweeps.space import fixed_overrides, override, parse_space
 from sweeps.storage import open_storage, redact
 
 
@@ -61,6 +61,44 @@ def test_bad_search_space_is_a_clear_error(cfg, params, message):
         parse_space(params, cfg)
 
 
+def test_sweep_grammar_in_params_and_on_the_command_line(cfg):
+    params = {
+        "model.optimizer.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "net.dropout": "interval(0, 0.3)",
+        "data.batch_size": "choice(32, 64)",
+    }
+    arguments = [
+        "model.optimizer.lr=tag(log, interval(1e-4, 1e-2))",  # replaces the preset's range
+        "trainer.max_epochs=range(2, 6)",  # adds a dimension: 2..5, as Hydra's range
+        "net.dense=[64],[256,64]",
+        "net.dropout=0.1",  # fixed: no longer searched
+        "debug=smoke",
+    ]
+    space = parse_space(params, cfg, arguments)
+    assert space == {
+        "model.optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "data.batch_size": optuna.distributions.CategoricalDistribution([32, 64]),
+        "trainer.max_epochs": optuna.distributions.IntDistribution(2, 5),
+        "net.dense": optuna.distributions.CategoricalDistribution(["[64]", "[256,64]"]),
+    }
+    assert fixed_overrides(arguments) == ["net.dropout=0.1", "debug=smoke"]
+    assert parse_space({"x": "range(0.1, 0.5, 0.1)"})["x"].step == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"x": "interval(3, 1)"}, "inverted range"),
+        ({"x": "range(1, 2)"}, "needs at least two values"),
+        ({"x": "5"}, "expected a search dimension"),
+        ({"x": "choice(1,"}, "cannot parse"),
+    ],
+)
+def test_bad_sweep_grammar(params, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_space(params)
+
+
 def test_unknown_sampler_and_pruner():
     with pytest.raises(ConfigError, match="unknown sampler 'tpee'; did you mean 'tpe'"):
         make_sampler("tpee")
@@ -95,6 +133,10 @@ def test_study_settings_checked_before_trials(cfg, tmp_path):
         open_study(SweepSettings(metric=["val/auc", "val/loss"], params={"model.optimizer.lr": [1e-3]}), cfg)
     with pytest.raises(ConfigError, match="max_failure_rate must be between 0 and 1"):
         SweepSettings(max_failure_rate=1.5).check()
+    with pytest.raises(ConfigError, match="grace_period must exceed heartbeat_interval"):
+        SweepSettings(heartbeat_interval=10, grace_period=5).check()
+    with pytest.raises(ConfigError, match="heartbeat_interval must be a positive number of seconds"):
+        SweepSettings(heartbeat_interval=0).check()
 
 
 def test_overrides_keep_types():
@@ -146,10 +188,14 @@ def test_dead_workers_running_trial_is_failed_and_retried(tmp_path):
     proc.wait()
     dead.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{proc.pid}")
     alive.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
-    assert recover_stale_trials(study) == 1
+    failed = recover_stale_trials(study)
+    assert [t.number for t in failed] == [dead.number]
+    assert failed[0].user_attrs["fail_reason"] == f"worker {socket.gethostname()}:{proc.pid} died: its process is gone"
+    assert recover_stale_trials(study) == []  # once only
     states = {t.number: t.state for t in study.get_trials()}
     assert states[dead.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1
     retry = study.ask(dist)
     assert retry.params["x"] == dead.params["x"]
+    assert study._storage.get_trial(retry._trial_id).system_attrs["failed_trial"] == dead.number

@@ -119,6 +119,35 @@ def test_same_command_resumes_the_study(pruned_sweep):
     assert len([r for r in runs(pruned_sweep, "photon_id") if "mlflow.parentRunId" not in r.data.tags]) == 2
 
 
+def test_search_space_from_the_command_line(pruned_sweep):
+    """Stock-plugin syntax on the command line: a sweep override replaces or adds a dimension, a
+    plain override of a searched path fixes it."""
+    res = run_cli(
+        "train",
+        *sweep_args(
+            pruned_sweep,
+            "sweep=photon_id",
+            "hydra.sweeper.study_name=cli",
+            "hydra.sweeper.n_trials=2",
+            "trainer.max_epochs=1",
+            "model.optimizer.lr=tag(log, interval(1e-4, 1e-3))",
+            "net.dense=[64],[32,16]",
+            "net.dropout=0.125",
+        ),
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = load(pruned_sweep, "cli").get_trials()
+    assert len(trials) == 2
+    for t in trials:
+        assert set(t.params) == {"model.optimizer.lr", "data.batch_size", "net.dense"}
+        assert 1e-4 <= t.params["model.optimizer.lr"] <= 1e-3
+        assert t.params["net.dense"] in ("[64]", "[32,16]")
+    children = [r for r in runs(pruned_sweep, "cli") if "mlflow.parentRunId" in r.data.tags]
+    assert {c.data.params["net.dropout"] for c in children} == {"0.125"}
+    assert {c.data.params["net.dense"] for c in children} <= {"[64]", "[32, 16]"}
+
+
 def test_failing_trials_are_fail_until_the_failure_rate(pruned_sweep):
     """export.atol=-1 fails the ONNX parity check of every trial: each is FAIL with its reason,
     the sweep goes on past the first, and stops once more than 50% of n_trials=3 failed."""
@@ -177,7 +206,9 @@ def test_multi_objective(pruned_sweep):
         (["~net.dropout"], "unknown parameter path 'net.dropout'"),  # the search space names a key the config lacks
         (["hydra.sweeper.direction=maximise"], "must be maximize or minimize"),
         (["hydra.sweeper.storage=postgresql://postgres@127.0.0.1:1/nowhere"], "cannot open postgresql://"),
-        (["model.optimizer.lr=1e-3,1e-4"], "not from sweep overrides"),
+        (["model.optimizer.lr=interval(1e-2,1e-4)"], "inverted range"),  # command-line search dimensions
+        (["model.optimizer.lrr=choice(1e-3,1e-4)"], "unknown parameter path 'model.optimizer.lrr'"),
+        (["net.dropout=tag(linear, interval(0,0.2))"], "the only tag an interval takes is 'log'"),
     ],
 )
 def test_bad_input_fails_before_any_trial(tmp_path, args, message):
