@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat API has no public base class
@@ -192,6 +193,14 @@ def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]):
 
 def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, n_objectives: int) -> optuna.trial.FrozenTrial:
     """Tell the trial's outcome: PRUNED, FAIL (an exception or a non-finite value) or COMPLETE."""
+    if getattr(ret, "status", None) == JobStatus.FAILED:
+        # a Hydra JobReturn holds the job's exception; reading .return_value would log every
+        # pruned trial as "Error executing job"
+        err = ret._return_value
+        if isinstance(err, optuna.TrialPruned):
+            return study.tell(trial, state=TrialState.PRUNED)
+        trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
+        return study.tell(trial, state=TrialState.FAIL)
     try:
         value = ret.return_value
     except optuna.TrialPruned:

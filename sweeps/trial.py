@@ -12,6 +12,8 @@ value(s) to Hydra's sweeper.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ from sweeps.pruning import PruningCallback
 from sweeps.storage import open_storage
 
 TRIAL_KEY = "sweep_trial"
+PROCESS_ATTR = "calolab.trial_process"
 PARAM_COUNT = "model/n_params"  # an objective computed from the net, not logged per epoch
 
 
@@ -133,9 +136,11 @@ def attach_trial(cfg: DictConfig) -> TrialHandle | None:
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(study.study_name), int(node.number)
     )
+    trial = optuna.Trial(study, trial_id)
+    trial.set_user_attr(PROCESS_ATTR, f"{socket.gethostname()}:{os.getpid()}")  # the launcher's process
     return TrialHandle(
         study=study,
-        trial=optuna.Trial(study, trial_id),
+        trial=trial,
         metrics=list(study.user_attrs["calolab.metrics"]),
         parent_run_id=node.get("parent_run_id"),
     )

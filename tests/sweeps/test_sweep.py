@@ -84,6 +84,37 @@ def test_six_trials_with_pruning(pruned_sweep):
             assert epochs == 4 and t.value == min(t.intermediate_values.values())
 
 
+def test_pruning_in_trials_run_by_another_launcher(pruned_sweep):
+    """submitit's local launcher (the SLURM launcher's twin) runs each trial in its own process,
+    two at a time: each process re-attaches its trial from the journal, reports per epoch and
+    is pruned there."""
+    res = run_cli(
+        "train",
+        *sweep_args(
+            pruned_sweep,
+            *PRUNING,
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=20",
+            "hydra.sweeper.study_name=submitit",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.seed=3",
+        ),
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Error executing job" not in res.stdout + res.stderr  # a pruned trial is no error
+    trials = load(pruned_sweep, "submitit").get_trials()
+    sweeper = {t.user_attrs["calolab.worker"] for t in trials}
+    processes = {t.user_attrs["calolab.trial_process"] for t in trials}
+    assert len(sweeper) == 1 and len(processes) == 6 and not processes & sweeper
+    states = [t.state for t in trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states, states
+    for t in trials:
+        assert len(t.intermediate_values) == t.user_attrs["calolab.epochs"]
+        assert (t.user_attrs["calolab.epochs"] < 4) == (t.state == TrialState.PRUNED)
+
+
 def test_parent_and_child_runs(pruned_sweep):
     client = MlflowClient(tracking_uri=f"sqlite:///{pruned_sweep / 'mlflow.db'}")
     all_runs = runs(pruned_sweep, "photon_id")
