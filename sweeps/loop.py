@@ -35,7 +35,7 @@ from sweeps.errors import SweepError
 from sweeps.pruners import make_pruner
 from sweeps.report import ParentRun, close_dead_runs
 from sweeps.samplers import make_sampler
-from sweeps.space import fixed_overrides, override, parse_space
+from sweeps.space import fixed_overrides, parse_space
 from sweeps.storage import GRACE_S, HEARTBEAT_S, MAX_RETRY, open_storage, redact
 from sweeps.trial import TRIAL_KEY
 
@@ -299,14 +299,15 @@ def run_sweep(
             for _ in range(min(settings.n_jobs, settings.n_trials - n_done)):
                 with warnings.catch_warnings():  # heartbeat used outside study.optimize: we beat ourselves
                     warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                    trial = study.ask(space)
+                    trial = study.ask()
+                    space.sample(trial)
                 trial.set_user_attr(WORKER_ATTR, worker)
                 trial.set_user_attr(PARENT_ATTR, parent.run_id)
                 trials.append(trial)
             batch = [
                 [
                     *fixed,
-                    *(override(path, trial.params[path]) for path in space),
+                    *space.overrides(trial.params),
                     f"+{TRIAL_KEY}.study_name={_quote(study.study_name)}",
                     f"+{TRIAL_KEY}.number={trial.number}",
                     f"+{TRIAL_KEY}.storage={_quote(spec)}",

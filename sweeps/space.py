@@ -11,7 +11,11 @@ in Hydra's sweep grammar, and the same grammar on the command line adds or repla
     interval(0.0, 0.3)                      float
     tag(log, interval(1e-5, 1e-2))          log-float
 
-A plain command-line override of a path in the space fixes it (``net.dropout=0.1``). Every path
+A plain command-line override of a path in the space fixes it (``net.dropout=0.1``).
+
+Conditional dimensions (Optuna's define-by-run): ``when: {<earlier path>: <value or list>}`` samples
+a dimension only in trials where that earlier categorical dimension took one of those values; a
+path written ``+model.optimizer.momentum`` adds a key the config does not have. Every path
 must exist in the composed config (or be a config group) and every range must be non-empty, so
 that a typo fails before the first trial rather than after the tenth.
 """
@@ -22,6 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.errors import HydraException
@@ -39,8 +44,15 @@ TYPES = ("float", "int", "categorical")
 _MISSING = object()
 
 
-def _check_path(path: str, config: DictConfig | None) -> None:
+def _check_path(path: str, config: DictConfig | None, *, added: bool = False) -> None:
     if config is None:
+        return
+    if added:  # a new key: its parent must exist, the key itself must not
+        parent = path.rpartition(".")[0]
+        if parent:
+            _check_path(parent, config)
+        if OmegaConf.select(config, path, default=_MISSING, throw_on_missing=False) is not _MISSING:
+            raise ConfigError(f"hydra.sweeper.params.+{path}: the config already has {path!r}; drop the '+'")
         return
     value = OmegaConf.select(config, path, default=_MISSING, throw_on_missing=False, throw_on_resolution_failure=False)
     if value is _MISSING and path in (OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}):
@@ -137,15 +149,75 @@ def _parse_override(text: str) -> Override:
         raise ConfigError(f"hydra.sweeper.params: cannot parse {text!r}: {err}") from err
 
 
+class SearchSpace(dict):
+    """``{config path: distribution}`` in the order of ``hydra.sweeper.params``, with the
+    conditions of conditional dimensions; :meth:`sample` draws one trial's parameters."""
+
+    def __init__(self, dims: dict[str, BaseDistribution], conditions: dict[str, dict[str, tuple]], added: set[str]):
+        super().__init__(dims)
+        self.conditions, self.added = conditions, added
+
+    def active(self, path: str, params: Mapping[str, Any]) -> bool:
+        return all(params.get(other) in values for other, values in self.conditions.get(path, {}).items())
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Suggest every active dimension in order (public Optuna API, so that queued trials
+        get their fixed parameters back)."""
+        params: dict[str, Any] = {}
+        for path, dist in self.items():
+            if not self.active(path, params):
+                continue
+            if isinstance(dist, CategoricalDistribution):
+                params[path] = trial.suggest_categorical(path, dist.choices)
+            elif isinstance(dist, IntDistribution):
+                params[path] = trial.suggest_int(path, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                params[path] = trial.suggest_float(path, dist.low, dist.high, step=dist.step, log=dist.log)
+        return params
+
+    def overrides(self, params: Mapping[str, Any]) -> list[str]:
+        """Hydra overrides for a trial's sampled parameters (``+`` for added keys)."""
+        return [("+" if path in self.added else "") + override(path, params[path]) for path in self if path in params]
+
+
+def _conditions(path: str, when: Any, earlier: Mapping[str, BaseDistribution]) -> dict[str, tuple]:
+    if not isinstance(when, Mapping) or not when:
+        raise ConfigError(
+            f"hydra.sweeper.params.{path}: when must map an earlier categorical dimension to its value(s), "
+            f"but got when={when!r}"
+        )
+    conditions = {}
+    for other, values in when.items():
+        other = str(other).lstrip("+")
+        dist = earlier.get(other)
+        if not isinstance(dist, CategoricalDistribution):
+            raise ConfigError(
+                f"hydra.sweeper.params.{path}: when names {other!r}, which must be a categorical dimension listed "
+                f"before it; categorical dimensions before it: {[k for k, d in earlier.items() if isinstance(d, CategoricalDistribution)]}"
+            )
+        values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+        unknown = [v for v in values if v not in dist.choices]
+        if unknown:
+            raise ConfigError(
+                f"hydra.sweeper.params.{path}: when {other}={unknown[0]!r} is not one of its choices {list(dist.choices)}"
+            )
+        conditions[other] = values
+    return conditions
+
+
 def parse_space(
     params: Mapping[str, Any] | None, config: DictConfig | None = None, arguments: Sequence[str] = ()
-) -> dict[str, BaseDistribution]:
-    """``hydra.sweeper.params`` and the command line's sweep overrides as ``{config path:
-    distribution}``; a plain command-line override of a path drops it from the space. Paths are
-    checked against ``config``."""
+) -> SearchSpace:
+    """``hydra.sweeper.params`` and the command line's sweep overrides as a :class:`SearchSpace`;
+    a plain command-line override of a path drops it from the space. Paths are checked against
+    ``config``."""
     specs: dict[str, Any] = {}
+    added: set[str] = set()
     for path, spec in (params or {}).items():
         path = str(path)
+        if path.startswith("+"):
+            path = path.lstrip("+")
+            added.add(path)
         if OmegaConf.is_config(spec):
             spec = OmegaConf.to_container(spec, resolve=True)
         if isinstance(spec, str):
@@ -160,16 +232,22 @@ def parse_space(
         path = parsed.get_key_element().lstrip("+~")
         spec = sweep_spec(parsed)
         if spec is not None:
-            specs[path] = spec
+            when = specs[path].get("when") if isinstance(specs.get(path), Mapping) else None
+            specs[path] = {**spec, "when": when} if when else spec
         elif path in specs and not parsed.is_delete():
             del specs[path]  # fixed on the command line (a deleted key stays, and fails the path check)
     if not specs:
         raise ConfigError("hydra.sweeper.params is empty: a sweep needs at least one parameter to search")
-    space = {}
+    dims: dict[str, BaseDistribution] = {}
+    conditions: dict[str, dict[str, tuple]] = {}
     for path, spec in specs.items():
-        space[path] = parse_param(path, spec)
-        _check_path(path, config)
-    return space
+        when = spec.get("when") if isinstance(spec, Mapping) else None
+        if when is not None:
+            conditions[path] = _conditions(path, when, dims)
+            spec = {k: v for k, v in spec.items() if k != "when"}
+        dims[path] = parse_param(path, spec)
+        _check_path(path, config, added=path in added)
+    return SearchSpace(dims, conditions, added)
 
 
 def fixed_overrides(arguments: Sequence[str]) -> list[str]:

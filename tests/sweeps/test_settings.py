@@ -85,6 +85,61 @@ def test_sweep_grammar_in_params_and_on_the_command_line(cfg):
     assert parse_space({"x": "range(0.1, 0.5, 0.1)"})["x"].step == pytest.approx(0.1)
 
 
+def test_conditional_dimensions(cfg):
+    """`when` samples a dimension only where an earlier categorical took the named value(s); `+`
+    adds a key the config lacks."""
+    sgd = {"model.optimizer._target_": "torch.optim.SGD"}
+    space = parse_space(
+        {
+            "model.optimizer._target_": ["torch.optim.Adam", "torch.optim.SGD"],
+            "+model.optimizer.momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": sgd},
+        },
+        cfg,
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = space.sample(trial)
+        optimizer = params["model.optimizer._target_"]
+        seen.add(optimizer)
+        assert ("model.optimizer.momentum" in params) == (optimizer == "torch.optim.SGD")
+        overrides = space.overrides(params)
+        assert overrides[0] == f"model.optimizer._target_='{optimizer}'"
+        if optimizer == "torch.optim.SGD":
+            assert overrides[1].startswith("+model.optimizer.momentum=")
+        study.tell(trial, 0.5)
+    assert seen == {"torch.optim.Adam", "torch.optim.SGD"}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"+model.optimizer.momentum": {"type": "float", "low": 0.5, "high": 0.9, "when": {"net.dense": "[64]"}}},
+            "when names 'net.dense', which must be a categorical dimension listed before it",
+        ),
+        (
+            {
+                "model.optimizer._target_": ["torch.optim.Adam"],
+                "+model.optimizer.momentum": {
+                    "type": "float",
+                    "low": 0.5,
+                    "high": 0.9,
+                    "when": {"model.optimizer._target_": "torch.optim.SDG"},
+                },
+            },
+            "when model.optimizer._target_='torch.optim.SDG' is not one of its choices",
+        ),
+        ({"+model.optimizer.lr": [1e-3]}, "the config already has 'model.optimizer.lr'"),
+        ({"+model.optimiser.momentum": [0.9]}, "unknown parameter path 'model.optimiser'"),
+    ],
+)
+def test_bad_conditional_dimensions(cfg, params, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_space(params, cfg)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

@@ -179,6 +179,35 @@ def test_search_space_from_the_command_line(pruned_sweep):
     assert {c.data.params["net.dense"] for c in children} <= {"[64]", "[32, 16]"}
 
 
+def test_conditional_search_space(pruned_sweep):
+    """The optimiser preset: momentum and nesterov exist only in the SGD trials, in Optuna and in
+    the trained config (MLflow params)."""
+    res = run_cli(
+        "train",
+        *sweep_args(
+            pruned_sweep,
+            "sweep=photon_id_optimizer",
+            "hydra.sweeper.sampler=random",
+            "hydra.sweeper.seed=1",
+            "hydra.sweeper.n_trials=4",
+            "trainer.max_epochs=1",
+        ),
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = load(pruned_sweep, "photon_id_optimizer").get_trials()
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    optimizers = {t.number: t.params["model.optimizer._target_"] for t in trials}
+    assert set(optimizers.values()) == {"torch.optim.Adam", "torch.optim.SGD"}
+    for t in trials:
+        sgd = optimizers[t.number] == "torch.optim.SGD"
+        assert ({"model.optimizer.momentum", "model.optimizer.nesterov"} <= set(t.params)) == sgd
+        assert ("model.optimizer.momentum" in t.params) == sgd
+    for child in (r for r in runs(pruned_sweep, "photon_id_optimizer") if "mlflow.parentRunId" in r.data.tags):
+        sgd = optimizers[int(child.data.tags["optuna.trial_number"])] == "torch.optim.SGD"
+        assert ("model.optimizer.momentum" in child.data.params) == sgd
+
+
 def test_failing_trials_are_fail_until_the_failure_rate(pruned_sweep):
     """export.atol=-1 fails the ONNX parity check of every trial: each is FAIL with its reason,
     the sweep goes on past the first, and stops once more than 50% of n_trials=3 failed."""
