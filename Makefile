@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train_cpu.py
+	$(BIN)/python bench/sweep_pruning.py
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache

@@ -10,7 +10,7 @@ The photon_id preset (TPE, median pruner with 3 startup trials and 1 warm-up epo
 smoke-mode photon sample with full epochs; it optimises val/loss, as val/auc saturates on a
 sample this small. Pruning can only pay once trials have epochs to save: with the preset's
 startup and warm-up, 8 trials x 4 epochs cannot go below 0.69 whatever the pruner decides.
-About 25 minutes on 2 CPU cores (20 sweeps of ~2-5 minutes).
+About 25 minutes on 2 CPU cores (six sweeps of 2-5 minutes each).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ that a typo fails before the first trial rather than after the tenth.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from calolab.errors import ConfigError, suggest
+from calolab.errors import ConfigError, check_number, suggest
 
 TYPES = ("float", "int", "categorical")
 _MISSING = object()
@@ -70,10 +69,7 @@ def _check_path(path: str, config: DictConfig | None, *, added: bool = False) ->
 def _number(path: str, spec: Mapping[str, Any], key: str) -> float:
     if key not in spec:
         raise ConfigError(f"hydra.sweeper.params.{path}: {key!r} is required, but got {dict(spec)}")
-    value = spec[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"hydra.sweeper.params.{path}: {key} must be a finite number, but got {key}={value!r}")
-    return value
+    return check_number(f"hydra.sweeper.params.{path}.{key}", spec[key])
 
 
 def parse_param(path: str, spec: Any) -> BaseDistribution:
