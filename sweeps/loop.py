@@ -220,6 +220,24 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, n_objectives: int) 
     return study.tell(trial, values if n_objectives > 1 else values[0])
 
 
+def _check_space_against_study(study: optuna.Study, space: dict, spec: str) -> None:
+    """A study keeps each dimension's kind and a categorical's choices (Optuna refuses to change
+    them mid-study, after the first trial would have started); ranges may move."""
+    seen: set[str] = set()
+    for trial in study.get_trials(deepcopy=False):
+        for path, old in trial.distributions.items():
+            if path in seen or path not in space:
+                continue
+            seen.add(path)
+            try:
+                optuna.distributions.check_distribution_compatibility(old, space[path])
+            except ValueError as err:
+                raise SweepError(
+                    f"study {study.study_name!r} in {redact(spec)} searched {path} as {old}, but got {space[path]} "
+                    f"({err}); keep it, or start a new study with hydra.sweeper.study_name=<new name>"
+                ) from err
+
+
 def open_study(
     settings: SweepSettings, config: DictConfig, arguments: Sequence[str] = ()
 ) -> tuple[optuna.Study, str, list[str], dict]:
@@ -256,6 +274,7 @@ def open_study(
     known = study.user_attrs.get("calolab.metrics")
     if known is not None and list(known) != metrics:
         raise SweepError(f"study {study_name!r} in {redact(spec)} optimises {known}, but got metric={metrics}")
+    _check_space_against_study(study, space, spec)
     study.set_user_attr("calolab.metrics", metrics)
     study.set_user_attr("calolab.pruner", {"name": pruner_name, "options": dict(settings.pruner_options or {})})
     return study, spec, metrics, space

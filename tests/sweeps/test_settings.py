@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from calolab.app import compose_config
 from calolab.errors import ConfigError
+from sweeps.errors import SweepError
 from sweeps.loop import WORKER_ATTR, SweepSettings, open_study, recover_stale_trials, tell
 from sweeps.pruners import make_pruner
 from sweeps.samplers import make_sampler
@@ -192,6 +193,20 @@ def test_study_settings_checked_before_trials(cfg, tmp_path):
         SweepSettings(heartbeat_interval=10, grace_period=5).check()
     with pytest.raises(ConfigError, match="heartbeat_interval must be a positive number of seconds"):
         SweepSettings(heartbeat_interval=0).check()
+
+
+def test_changed_categorical_choices_need_a_new_study(cfg, tmp_path):
+    storage = str(tmp_path / "s.journal")
+    first = SweepSettings(study_name="s", storage=storage, params={"net.dense": ["[64]", "[256,64]"]})
+    study, _, _, space = open_study(first, cfg)
+    study.tell(study.ask(space), 0.9)
+    moved = SweepSettings(
+        study_name="s", storage=storage, params={"net.dense": ["[64]", "[256,64]"], "net.dropout": [0.1]}
+    )
+    open_study(moved, cfg)  # a new dimension is fine
+    changed = SweepSettings(study_name="s", storage=storage, params={"net.dense": ["[64]", "[1024,128]"]})
+    with pytest.raises(SweepError, match="searched net.dense as CategoricalDistribution.*hydra.sweeper.study_name"):
+        open_study(changed, cfg)
 
 
 def test_overrides_keep_types():
