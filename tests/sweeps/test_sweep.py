@@ -44,6 +44,13 @@ PRUNING = [
 ]
 
 
+def sweep_ok(root: Path, *extra: str, timeout: float = 600):
+    """``calolab train -m`` with the smoke arguments and ``extra``; it must succeed."""
+    res = run_cli("train", *sweep_args(root, *extra), timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
 def load(root: Path, name: str) -> optuna.Study:
     return optuna.load_study(
         study_name=name, storage=open_storage(str(root / "logs/train/sweeps" / name / "optuna.journal"))
@@ -64,8 +71,7 @@ def runs(root: Path, study: str) -> list:
 def pruned_sweep(tmp_path_factory):
     """Six trials with median pruning (generating the small sample on the way)."""
     root = tmp_path_factory.mktemp("sweep")
-    res = run_cli("train", *sweep_args(root, *PRUNING, "hydra.sweeper.n_trials=6", "hydra.sweeper.seed=3"), timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    sweep_ok(root, *PRUNING, "hydra.sweeper.n_trials=6", "hydra.sweeper.seed=3")
     return root
 
 
@@ -88,21 +94,17 @@ def test_pruning_in_trials_run_by_another_launcher(pruned_sweep):
     """submitit's local launcher (the SLURM launcher's twin) runs each trial in its own process,
     two at a time: each process re-attaches its trial from the journal, reports per epoch and
     is pruned there."""
-    res = run_cli(
-        "train",
-        *sweep_args(
-            pruned_sweep,
-            *PRUNING,
-            "hydra/launcher=submitit_local",
-            "hydra.launcher.timeout_min=20",
-            "hydra.sweeper.study_name=submitit",
-            "hydra.sweeper.n_jobs=2",
-            "hydra.sweeper.n_trials=6",
-            "hydra.sweeper.seed=3",
-        ),
+    res = sweep_ok(
+        pruned_sweep,
+        *PRUNING,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=20",
+        "hydra.sweeper.study_name=submitit",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.seed=3",
         timeout=900,
     )
-    assert res.returncode == 0, res.stderr[-3000:]
     assert "Error executing job" not in res.stdout + res.stderr  # a pruned trial is no error
     trials = load(pruned_sweep, "submitit").get_trials()
     sweeper = {t.user_attrs["calolab.worker"] for t in trials}
@@ -141,10 +143,7 @@ def test_parent_and_child_runs(pruned_sweep):
 
 
 def test_same_command_resumes_the_study(pruned_sweep):
-    res = run_cli(
-        "train", *sweep_args(pruned_sweep, *PRUNING, "hydra.sweeper.n_trials=2", "trainer.max_epochs=2"), timeout=600
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    sweep_ok(pruned_sweep, *PRUNING, "hydra.sweeper.n_trials=2", "trainer.max_epochs=2")
     study = load(pruned_sweep, "photon_id")
     assert [t.number for t in study.get_trials()] == list(range(8))
     assert len([r for r in runs(pruned_sweep, "photon_id") if "mlflow.parentRunId" not in r.data.tags]) == 2
@@ -153,21 +152,16 @@ def test_same_command_resumes_the_study(pruned_sweep):
 def test_search_space_from_the_command_line(pruned_sweep):
     """Stock-plugin syntax on the command line: a sweep override replaces or adds a dimension, a
     plain override of a searched path fixes it."""
-    res = run_cli(
-        "train",
-        *sweep_args(
-            pruned_sweep,
-            "sweep=photon_id",
-            "hydra.sweeper.study_name=cli",
-            "hydra.sweeper.n_trials=2",
-            "trainer.max_epochs=1",
-            "model.optimizer.lr=tag(log, interval(1e-4, 1e-3))",
-            "net.dense=[64],[32,16]",
-            "net.dropout=0.125",
-        ),
-        timeout=600,
+    sweep_ok(
+        pruned_sweep,
+        "sweep=photon_id",
+        "hydra.sweeper.study_name=cli",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=1",
+        "model.optimizer.lr=tag(log, interval(1e-4, 1e-3))",
+        "net.dense=[64],[32,16]",
+        "net.dropout=0.125",
     )
-    assert res.returncode == 0, res.stderr[-3000:]
     trials = load(pruned_sweep, "cli").get_trials()
     assert len(trials) == 2
     for t in trials:
@@ -182,19 +176,14 @@ def test_search_space_from_the_command_line(pruned_sweep):
 def test_conditional_search_space(pruned_sweep):
     """The optimiser preset: momentum and nesterov exist only in the SGD trials, in Optuna and in
     the trained config (MLflow params)."""
-    res = run_cli(
-        "train",
-        *sweep_args(
-            pruned_sweep,
-            "sweep=photon_id_optimizer",
-            "hydra.sweeper.sampler=random",
-            "hydra.sweeper.seed=1",
-            "hydra.sweeper.n_trials=4",
-            "trainer.max_epochs=1",
-        ),
-        timeout=600,
+    sweep_ok(
+        pruned_sweep,
+        "sweep=photon_id_optimizer",
+        "hydra.sweeper.sampler=random",
+        "hydra.sweeper.seed=1",
+        "hydra.sweeper.n_trials=4",
+        "trainer.max_epochs=1",
     )
-    assert res.returncode == 0, res.stderr[-3000:]
     trials = load(pruned_sweep, "photon_id_optimizer").get_trials()
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     optimizers = {t.number: t.params["model.optimizer._target_"] for t in trials}
@@ -239,12 +228,7 @@ def test_failing_trials_are_fail_until_the_failure_rate(pruned_sweep):
 
 
 def test_multi_objective(pruned_sweep):
-    res = run_cli(
-        "train",
-        *sweep_args(pruned_sweep, "sweep=photon_id_multi", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1"),
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    sweep_ok(pruned_sweep, "sweep=photon_id_multi", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1")
     study = load(pruned_sweep, "photon_id_multi")
     trials = study.get_trials()
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
