@@ -65,15 +65,16 @@ def check_number(
     allow_none: bool = False,
 ) -> float | None:
     """``value`` as a float, or a ConfigError naming ``name``: it must be a finite number (not a
-    bool), ``>= low`` (``> low`` with ``low_open``) and ``<= high``; None passes with
+    bool or a numeric string), ``>= low`` (``> low`` with ``low_open``) and ``<= high``; None passes with
     ``allow_none``. The one range check of constructor arguments and settings."""
     if value is None and allow_none:
         return None
     try:
-        x = float(value)
+        # numbers only: a numeric string would pass float() but stay a string where it is kept
+        x = math.nan if isinstance(value, (str, bytes, bool)) else float(value)
     except (TypeError, ValueError):
         x = math.nan
-    if isinstance(value, bool) or not math.isfinite(x):
+    if not math.isfinite(x):
         raise ConfigError(f"{name} must be a finite number, but got {value!r}")
     if low is not None and (x <= low if low_open else x < low):
         raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low:g}, but got {value!r}")
