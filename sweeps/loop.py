@@ -33,15 +33,14 @@ from calolab.errors import ConfigError
 from calolab.tracking import TrackingStore
 from sweeps.errors import SweepError
 from sweeps.pruners import make_pruner
-from sweeps.report import ParentRun, close_dead_runs
+from sweeps.report import PARENT_ATTR, ParentRun, close_dead_runs
 from sweeps.samplers import make_sampler
 from sweeps.space import fixed_overrides, parse_space
 from sweeps.storage import GRACE_S, HEARTBEAT_S, MAX_RETRY, open_storage, redact
-from sweeps.trial import TRIAL_KEY
+from sweeps.trial import TRIAL_KEY, this_process
 
 log = logging.getLogger(__name__)
 WORKER_ATTR = "calolab.worker"
-PARENT_ATTR = "calolab.parent_run_id"
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -129,8 +128,9 @@ def _stale_trial_ids(study: optuna.Study) -> dict[int, str]:
     """RUNNING trials whose worker is gone, with the reason: by heartbeat on an RDB storage (any
     host), by the recorded worker PID on this host for a journal file (which has no heartbeat)."""
     storage = study._storage
-    if _heartbeat_interval(storage):
-        grace = getattr(getattr(storage, "_backend", storage), "grace_period", None) or 2 * _heartbeat_interval(storage)
+    interval = _heartbeat_interval(storage)
+    if interval:
+        grace = getattr(getattr(storage, "_backend", storage), "grace_period", None) or 2 * interval
         return {i: f"no heartbeat for over {grace} s" for i in storage._get_stale_trial_ids(study._study_id)}
     host, stale = socket.gethostname(), {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -149,20 +149,18 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     with warnings.catch_warnings():  # the retry callback is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-    for trial_id, why in _stale_trial_ids(study).items():
-        trial = study._storage.get_trial(trial_id)
-        reason = f"worker {trial.user_attrs.get(WORKER_ATTR, '?')} died: {why}"
-        try:
-            study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            if not study._storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker failed it first
-        frozen = study._storage.get_trial(trial_id)
-        with warnings.catch_warnings():  # the retry callback is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for trial_id, why in _stale_trial_ids(study).items():
+            trial = study._storage.get_trial(trial_id)
+            reason = f"worker {trial.user_attrs.get(WORKER_ATTR, '?')} died: {why}"
+            try:
+                study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                if not study._storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker failed it first
+            frozen = study._storage.get_trial(trial_id)
             retry(study, frozen)
-        failed.append(frozen)
+            failed.append(frozen)
     return failed
 
 
@@ -191,21 +189,24 @@ def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]):
         thread.join()
 
 
+def _outcome(ret: Any) -> tuple[Any, Exception | None]:
+    """A job's return value, or the exception it raised. A failed Hydra JobReturn holds its
+    exception: it is taken as is, since reading ``.return_value`` would log every pruned trial as
+    "Error executing job"."""
+    if getattr(ret, "status", None) == JobStatus.FAILED:
+        return None, ret._return_value
+    try:
+        return ret.return_value, None
+    except Exception as err:
+        return None, err
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, n_objectives: int) -> optuna.trial.FrozenTrial:
     """Tell the trial's outcome: PRUNED, FAIL (an exception or a non-finite value) or COMPLETE."""
-    if getattr(ret, "status", None) == JobStatus.FAILED:
-        # a Hydra JobReturn holds the job's exception; reading .return_value would log every
-        # pruned trial as "Error executing job"
-        err = ret._return_value
-        if isinstance(err, optuna.TrialPruned):
-            return study.tell(trial, state=TrialState.PRUNED)
-        trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
-        return study.tell(trial, state=TrialState.FAIL)
-    try:
-        value = ret.return_value
-    except optuna.TrialPruned:
+    value, err = _outcome(ret)
+    if isinstance(err, optuna.TrialPruned):
         return study.tell(trial, state=TrialState.PRUNED)
-    except Exception as err:
+    if err is not None:
         trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
         return study.tell(trial, state=TrialState.FAIL)
     values = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -300,7 +301,7 @@ def run_sweep(
         )
     close_dead_runs(store.client(), recovered)
     parent = ParentRun(store, str(config.experiment_name), study, spec)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = this_process()
     log.info(
         "study %s in %s: %d trial(s), parent run %s", study.study_name, redact(spec), settings.n_trials, parent.run_id
     )

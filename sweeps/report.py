@@ -10,8 +10,6 @@ importances, parallel coordinates; the Pareto front for several objectives) as P
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,8 +20,10 @@ from optuna.trial import TrialState
 
 from calolab.tracking import TrackingStore
 from sweeps.storage import redact
+from sweeps.trial import this_process
 
 log = logging.getLogger(__name__)
+PARENT_ATTR = "calolab.parent_run_id"  # a trial's user attribute: its worker's parent run
 
 
 class ParentRun:
@@ -31,7 +31,7 @@ class ParentRun:
 
     def __init__(self, store: TrackingStore, experiment: str, study: optuna.Study, storage_spec: str):
         self.client: MlflowClient = store.client()
-        worker = f"{socket.gethostname()}:{os.getpid()}"
+        worker = this_process()
         run = self.client.create_run(
             store.experiment_id(experiment),
             run_name=f"sweep-{study.study_name}",
@@ -96,9 +96,9 @@ def close_dead_runs(client: MlflowClient, trials: list[optuna.trial.FrozenTrial]
     worker's parent run become FAILED with the reason in ``calolab.error``."""
     for trial in trials:
         reason = trial.user_attrs.get("fail_reason", "worker died")
-        for run_id, why in (
-            (trial.user_attrs.get("mlflow_run_id"), reason),
-            (trial.user_attrs.get("calolab.parent_run_id"), f"trial {trial.number}: {reason}"),
+        for run_id, why, child in (
+            (trial.user_attrs.get("mlflow_run_id"), reason, True),
+            (trial.user_attrs.get(PARENT_ATTR), f"trial {trial.number}: {reason}", False),
         ):
             if not run_id:
                 continue
@@ -109,7 +109,7 @@ def close_dead_runs(client: MlflowClient, trials: list[optuna.trial.FrozenTrial]
                 continue
             if run.info.status == "RUNNING":
                 client.set_tag(run_id, "calolab.error", why[:5000])
-                if run_id == trial.user_attrs.get("mlflow_run_id"):
+                if child:
                     client.set_tag(run_id, "optuna.state", "FAIL")
                 client.set_terminated(run_id, "FAILED")
 

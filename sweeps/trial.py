@@ -33,6 +33,11 @@ PROCESS_ATTR = "calolab.trial_process"
 PARAM_COUNT = "model/n_params"  # an objective computed from the net, not logged per epoch
 
 
+def this_process() -> str:
+    """``<host>:<pid>``: how sweeps name a worker or trial process (a dead one is found by it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class TrialFailed(RuntimeError):
     """A trial's training failed: recorded as FAIL, the sweep goes on (never a CalolabError,
     which would end the whole Hydra multirun with a one-line exit)."""
@@ -137,7 +142,7 @@ def attach_trial(cfg: DictConfig) -> TrialHandle | None:
         storage.get_study_id_from_name(study.study_name), int(node.number)
     )
     trial = optuna.Trial(study, trial_id)
-    trial.set_user_attr(PROCESS_ATTR, f"{socket.gethostname()}:{os.getpid()}")  # the launcher's process
+    trial.set_user_attr(PROCESS_ATTR, this_process())  # the launcher's process
     return TrialHandle(
         study=study,
         trial=trial,

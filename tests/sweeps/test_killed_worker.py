@@ -25,7 +25,6 @@ from calolab.app import ROOT_DIR, compose_config
 from calolab.pipeline.samples import ensure_sample
 from calolab.tracking import TrackingStore
 from sweeps.storage import open_storage
-from tests.sweeps.test_postgres import pg_storage  # noqa: F401 - fixture
 from tests.sweeps.test_sweep import sweep_args
 
 pytestmark = pytest.mark.slow

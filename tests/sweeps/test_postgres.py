@@ -18,25 +18,10 @@ from optuna.trial import TrialState
 
 from calolab.app import ROOT_DIR
 from sweeps.storage import open_storage
+from tests.sweeps.conftest import DSN
 from tests.sweeps.test_sweep import sweep_args
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture
-def pg_storage():
-    schema = f"calolab_sweep_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(DSN, connect_timeout=5)  # fails (not skips) without the server
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{DSN}?options=-csearch_path%3D{schema}", schema
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
 
 
 def test_two_workers_share_a_postgres_study(tmp_path, pg_storage):
