@@ -61,14 +61,15 @@ def test_tight_cut_lands_on_the_separating_variable():
             assert alone.mean() > 0.98, f"noise variable {v} got a tight cut {cut.cuts[v]}"
 
 
-def test_cut_based_is_deterministic_and_score_matches_passes():
+def test_cut_based_is_deterministic_and_tightness_matches_passes():
     shapes, label, weight = correlated_shapes(8000, seed=3)
     a = CutBasedTight().fit(shapes, label, weight)
     b = CutBasedTight().fit(shapes, label, weight)
     assert a.cuts == b.cuts
-    score = a.score(shapes)
-    np.testing.assert_array_equal(score > 0, a.passes(shapes))
-    assert auc(label, score, weight) > 0.75  # a usable tightness scan
+    assert a.score(shapes) is None  # a working point, not a discriminant
+    tightness = a.tightness(shapes)
+    np.testing.assert_array_equal(tightness > 0, a.passes(shapes))
+    assert auc(label, tightness, weight) > 0.75  # a usable tightness scan
     nan_shapes = dict(shapes, Rhad=np.where(np.arange(label.size) == 0, np.nan, shapes["Rhad"]))
     assert not a.passes(nan_shapes)[0]
 
