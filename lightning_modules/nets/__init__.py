@@ -1,10 +1,15 @@
 """Plain ``nn.Module`` nets, one per file, knowing nothing of losses, optimisers or logging.
 
 A net takes the per-layer images of a batch as positional tensors, in the order of the
-``input_shapes`` it was built with (the data module's), and returns one logit per event; the
-training schemes in :mod:`lightning_modules` wrap it, and :mod:`calolab.export` exports it.
+``input_shapes`` it was built with (the data module's; also its ``input_names``), and returns one
+logit per event; the training schemes in :mod:`lightning_modules` wrap it, and
+:mod:`calolab.export` exports it. :class:`LayerCNN` is the per-layer CNN (photon ID and the jet-image
+CNNs are configs of it; ``PhotonCNN`` is its old name, kept for pickled models),
+:class:`MaxOutNet` the dense MaxOut W tagger.
 """
 
+from lightning_modules.nets.layer_cnn import LayerCNN
+from lightning_modules.nets.maxout import MaxOutNet
 from lightning_modules.nets.photon_cnn import PhotonCNN
 
-__all__ = ["PhotonCNN"]
+__all__ = ["LayerCNN", "MaxOutNet", "PhotonCNN"]

@@ -1,4 +1,4 @@
-"""PhotonCNN: shapes, parameter count, small and single-image inputs, determinism, gradients, bad config."""
+"""PhotonCNN (LayerCNN with the photon defaults): shapes, parameter count, single-image inputs, determinism, gradients, bad config."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_initialisation(init, gain):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"kernel_size": 4}, "odd"),
+        ({"kernel_size": 0}, "kernel_size"),  # even kernels are allowed since the jet CNNs (test_nets_layer_cnn.py)
         ({"channels": []}, "channels"),
         ({"dropout": 1.0}, "dropout"),
         ({"activation": "swish"}, "activation"),
