@@ -1,5 +1,6 @@
-"""LightningModules, one per training scheme; plain nets in ``nets/``."""
+"""LightningModules, one per training scheme (a *task*, :mod:`lightning_modules.task`); plain nets in ``nets/``."""
 
-from lightning_modules.classifier import BinaryClassifier
+from lightning_modules.classifier import BinaryClassifier, SignalProbability
+from lightning_modules.task import Task
 
-__all__ = ["BinaryClassifier"]
+__all__ = ["BinaryClassifier", "SignalProbability", "Task"]

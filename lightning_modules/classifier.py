@@ -1,8 +1,11 @@
 """Binary classification (signal vs background) as a training scheme for any net giving one logit per event.
 
-:class:`BinaryClassifier` owns what the plain net does not: the per-event weighted
-binary cross-entropy, the epoch metrics (``train/loss``, ``val/loss``, ``val/auc``, ``test/...``),
-the optimiser and scheduler wiring, and optional ``torch.compile``. Batches are
+:class:`BinaryClassifier` is the classifier :class:`~lightning_modules.task.Task`: it owns what the
+plain net does not: the per-event weighted binary cross-entropy, the epoch metrics
+(``train/loss``, ``val/loss``, ``val/auc`` and ``val/auc_unweighted``, ``test/...``), the optimiser
+and scheduler wiring, optional ``torch.compile``, and its inference module
+:class:`SignalProbability` (sigmoid of the logit: what ONNX export writes and what evaluation,
+promotion and sweeps score with). Batches are
 ``(inputs, label, weight)`` with ``inputs`` a tuple of per-layer tensors passed to the net in
 order. Optimiser and scheduler arrive as partials (``_partial_: true`` in ``conf/model/``) and are
 kept in the hyper-parameters as plain ``_target_`` configs, so that a checkpoint loads with
@@ -17,7 +20,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pytorch_lightning as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -26,7 +29,9 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 
+from calolab import keys
 from calolab.errors import ConfigError
+from lightning_modules.task import Task
 
 _PLAIN = (type(None), bool, int, float, str)
 
@@ -64,6 +69,44 @@ class WeightedMean(Metric):
 
     def compute(self) -> Tensor:
         return (self.total / self.weight).float()
+
+
+class WeightedAUROC(Metric):
+    """Event-weighted ROC AUC over an epoch, computed by :func:`calolab.evaluation.metrics.auc`.
+
+    torchmetrics' ``BinaryAUROC`` takes no sample weights, but the test evaluation and the
+    promotion gate weight every event (generator weights, class balance, kinematic reweighting).
+    This metric keeps the epoch's scores, labels and weights (concatenated across DDP ranks) and
+    computes the AUC with the very function the test evaluation uses, so that checkpoints, early
+    stopping, pruning and promotion all rank models by one figure of merit. NaN when the epoch
+    saw only one class.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("score", "label", "weight"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, score: Tensor, label: Tensor, weight: Tensor) -> None:
+        self.score.append(score.detach().float())
+        self.label.append(label.detach().float())
+        self.weight.append(weight.detach().float())
+
+    def compute(self) -> Tensor:
+        from calolab.evaluation.metrics import auc
+
+        def flat(values: list[Tensor] | Tensor) -> np.ndarray:
+            t = torch.cat([v.reshape(-1) for v in values]) if isinstance(values, list) else values.reshape(-1)
+            return t.cpu().double().numpy()
+
+        if not self.score:
+            return torch.tensor(float("nan"))
+        y, s, w = flat(self.label), flat(self.score), flat(self.weight)
+        if y.min() == y.max() or w[y == 1].sum() <= 0 or w[y == 0].sum() <= 0:
+            return torch.tensor(float("nan"))
+        return torch.tensor(auc(y, s, w), dtype=torch.float32)
 
 
 def _plain(value: Any) -> Any:
@@ -141,12 +184,27 @@ def _as_factory(value: Any, what: str) -> Callable[..., Any]:
     return value
 
 
-class BinaryClassifier(pl.LightningModule):
+class SignalProbability(nn.Module):
+    """The classifier's inference module: per-layer inputs -> signal probability ``score`` (B,)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.input_names = getattr(net, "input_names", None)
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(*inputs))  # (B,)
+
+
+class BinaryClassifier(Task):
     """Train a net giving one logit per event as a signal-vs-background classifier.
 
     The loss is the per-event weighted BCE (:func:`weighted_bce_with_logits`); ``*/loss`` is its
-    weighted mean over the epoch. ``val/auc`` and ``test/auc`` are torchmetrics' ``BinaryAUROC``,
-    which takes no sample weights: they are *unweighted* AUCs over the events.
+    weighted mean over the epoch. ``val/auc`` and ``test/auc`` are *event-weighted* AUCs
+    (:class:`WeightedAUROC`, the test evaluation's definition, with the batch's weights);
+    ``val/auc_unweighted`` (torchmetrics' ``BinaryAUROC``) is logged beside it. ``val/auc`` is the
+    one figure of merit: it selects checkpoints, drives early stopping and sweeps, and its test
+    twin ``test/auc`` gates promotion.
 
     Args:
         net: an ``nn.Module`` mapping the batch's inputs (in order) to logits ``(B,)``.
@@ -159,8 +217,13 @@ class BinaryClassifier(pl.LightningModule):
 
     Checkpoints keep optimiser and scheduler as plain configs (None when they were lambdas or local
     functions; pass ``optimizer=`` again then). The net is not a hyper-parameter: reload with
-    ``BinaryClassifier.load_from_checkpoint(path, net=PhotonCNN(...))``.
+    ``BinaryClassifier.load_from_checkpoint(path, net=LayerCNN(...))`` or build the task and call
+    :meth:`~lightning_modules.task.Task.load_weights`.
     """
+
+    kind = "classifier"
+    output_names = ("score",)
+    output_doc = {"score": "signal probability, shape (batch,)"}
 
     def __init__(
         self,
@@ -184,11 +247,16 @@ class BinaryClassifier(pl.LightningModule):
                 "optimizer": factory_config(self.optimizer_factory),
                 "scheduler": factory_config(self.scheduler_factory),
                 "compile": bool(compile),
-            }
+            },
+            logger=False,  # the run's params are the flattened config, logged once by the pipeline
         )
         self.train_loss = WeightedMean()
-        self.val_loss, self.val_auc = WeightedMean(), BinaryAUROC()
-        self.test_loss, self.test_auc = WeightedMean(), BinaryAUROC()
+        self.val_loss, self.val_auc, self.val_auc_unweighted = WeightedMean(), WeightedAUROC(), BinaryAUROC()
+        self.test_loss, self.test_auc, self.test_auc_unweighted = WeightedMean(), WeightedAUROC(), BinaryAUROC()
+
+    def inference_module(self) -> nn.Module:
+        # built on demand, not a submodule: the checkpoint's keys stay the net's (net.*) alone
+        return SignalProbability(self.net)
 
     def setup(self, stage: str) -> None:
         if self.hparams.compile and stage == "fit":
@@ -212,15 +280,19 @@ class BinaryClassifier(pl.LightningModule):
         # logged once per epoch, not per step: a self.log call costs up to ~1 ms on a CPU (argument
         # checks, a signature inspection, moving the metric), 5-8% of a step at batch size 32
         # (bench/train_cpu.py); the metric still accumulates every step and is reset every epoch
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.log(keys.TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True)
 
     def _evaluate(self, batch: tuple[tuple[Tensor, ...], Tensor, Tensor], stage: str) -> None:
         loss, logits, label, weight = self._loss(batch)
         mean, auc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_auc")
+        unweighted = getattr(self, f"{stage}_auc_unweighted")
+        score = torch.sigmoid(logits)
         mean.update(loss, weight.sum())
-        auc.update(torch.sigmoid(logits), label.long())
+        auc.update(score, label, weight)
+        unweighted.update(score, label.long())
         self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/auc", auc, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.log(f"{stage}/auc_unweighted", unweighted, on_step=False, on_epoch=True)
 
     def validation_step(self, batch: tuple[tuple[Tensor, ...], Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -231,7 +303,7 @@ class BinaryClassifier(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Signal probabilities ``(B,)``; ``batch`` is ``(inputs, label, weight)`` or the inputs alone."""
         inputs = batch[0] if isinstance(batch[0], tuple | list) else batch
-        return torch.sigmoid(self(*inputs))
+        return self.inference_module()(*inputs)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
@@ -242,5 +314,5 @@ class BinaryClassifier(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "frequency": 1},
+            "lr_scheduler": {"scheduler": scheduler, "monitor": keys.VAL_LOSS, "interval": "epoch", "frequency": 1},
         }

@@ -18,6 +18,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from calolab import keys
 from calolab.tracking import TrackingStore
 from sweeps.storage import redact
 from sweeps.trial import this_process
@@ -52,7 +53,7 @@ class ParentRun:
         self.client.set_tag(run_id, "optuna.state", trial.state.name)
         reason = trial.user_attrs.get("fail_reason")
         if trial.state == TrialState.FAIL and reason:
-            self.client.set_tag(run_id, "calolab.error", reason[:5000])
+            self.client.set_tag(run_id, keys.ERROR_TAG, reason[:5000])
             if self.client.get_run(run_id).info.status != "FAILED":
                 self.client.set_terminated(run_id, "FAILED")
 
@@ -108,7 +109,7 @@ def close_dead_runs(client: MlflowClient, trials: list[optuna.trial.FrozenTrial]
                 log.warning("cannot close run %s of dead trial %d: %s", run_id, trial.number, err)
                 continue
             if run.info.status == "RUNNING":
-                client.set_tag(run_id, "calolab.error", why[:5000])
+                client.set_tag(run_id, keys.ERROR_TAG, why[:5000])
                 if child:
                     client.set_tag(run_id, "optuna.state", "FAIL")
                 client.set_terminated(run_id, "FAILED")

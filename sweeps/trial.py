@@ -4,9 +4,11 @@ The sweep loop passes ``+sweep_trial.study_name=... +sweep_trial.number=N
 +sweep_trial.storage=... +sweep_trial.parent_run_id=...`` with each trial's overrides. The
 training process (the sweep's own, or any other one a Hydra launcher picks) opens the storage,
 loads the study with its pruner (kept in the study's user attributes), and gets back the trial
-by number. The training then gets the :class:`~sweeps.pruning.PruningCallback`, tracks itself as
-a child MLflow run of the sweep's parent run (:class:`TrialRun`), and returns the objective
-value(s) to Hydra's sweeper.
+by number. :func:`run_trial` hands the training a :class:`TrialHandle`, the pipeline's
+:class:`~calolab.pipeline.train.TrainingHooks` for a trial: the
+:class:`~sweeps.pruning.PruningCallback`, a child MLflow run of the sweep's parent run
+(:class:`TrialRun`), pruning after fit, and the objective value(s) returned to Hydra's sweeper.
+The pipeline never imports the sweeps.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import optuna
 from omegaconf import DictConfig, open_dict
 
 from calolab.errors import CalolabError
+from calolab.pipeline.train import TrainingHooks
 from calolab.tracking import TrackedRun
 from sweeps.errors import SweepError
 from sweeps.pruners import make_pruner
@@ -51,7 +54,11 @@ class TrialRun(TrackedRun):
         super().__init__(*args, **kwargs)
         self.handle = handle
         self.tags.update(handle.tags())
-        self.run_name = self.run_name or f"trial-{handle.number}"
+        from calolab.tracking.naming import run_name
+
+        # <experiment>-trial-<n>-<sampled values>-<time>-<suffix>: what differs, unique across studies
+        sampled = [f"{key}={value}" for key, value in handle.trial.params.items()]
+        self.run_name = self.run_name or run_name(self.experiment, trial=handle.number, overrides=sampled)
 
     def __enter__(self) -> TrialRun:
         super().__enter__()
@@ -71,7 +78,7 @@ class TrialRun(TrackedRun):
 
 
 @dataclass
-class TrialHandle:
+class TrialHandle(TrainingHooks):
     """An Optuna trial re-attached in the training process, with what the training needs."""
 
     study: optuna.Study
@@ -88,6 +95,19 @@ class TrialHandle:
     run_class = TrialRun
 
     @property
+    def callbacks(self) -> tuple[PruningCallback, ...]:
+        return (self.callback,)
+
+    def run_kwargs(self) -> dict[str, Any]:
+        return {"handle": self}
+
+    def after_fit(self) -> None:
+        self.raise_if_pruned()  # ends the run KILLED, tagged optuna.state=PRUNED
+
+    def result(self, metrics: dict[str, float], task) -> dict[str, Any]:
+        return {"objective": self.objective(metrics, task)}
+
+    @property
     def number(self) -> int:
         return self.trial.number
 
@@ -101,9 +121,10 @@ class TrialHandle:
         if self.callback.pruned:
             raise optuna.TrialPruned(f"trial {self.number} pruned at epoch {self.callback.pruned_at}")
 
-    def objective(self, metrics: dict[str, float], model) -> float | list[float]:
+    def objective(self, metrics: dict[str, float], task) -> float | list[float]:
         """The objective value(s): the best per-epoch value of a validation metric (the evaluated
-        checkpoint is the best one), else the evaluated metric, else the net's parameter count."""
+        checkpoint is the best one), else the evaluated metric, else the parameter count of the
+        task's inference module (what is deployed)."""
         values = []
         for key, direction in zip(self.metrics, self.study.directions, strict=True):
             history = self.callback.history.get(key) or []
@@ -116,7 +137,7 @@ class TrialHandle:
             elif key in metrics:
                 values.append(float(metrics[key]))
             elif key == PARAM_COUNT:
-                values.append(float(sum(p.numel() for p in model.net.parameters())))
+                values.append(float(sum(p.numel() for p in task.inference_module().parameters())))
             else:
                 known = sorted({*metrics, *self.callback.history, PARAM_COUNT})
                 raise SweepError(f"the optimised metric {key!r} was not logged; available: {', '.join(known)}")
@@ -152,10 +173,10 @@ def attach_trial(cfg: DictConfig) -> TrialHandle | None:
 
 
 def run_trial(train, cfg: DictConfig) -> Any:
-    """Run ``train(cfg)`` as a sweep trial and return its objective; a CalolabError becomes
-    :class:`TrialFailed`, so that the sweep records the trial FAIL and goes on."""
+    """Run ``train(cfg, hooks=<the trial>)`` as a sweep trial and return its objective; a
+    CalolabError becomes :class:`TrialFailed`, so that the sweep records the trial FAIL and goes on."""
     try:
-        result = train(cfg)
+        result = train(cfg, hooks=attach_trial(cfg))
     except CalolabError as err:
         reason = f"{type(err).__name__}: {err}"
     else:

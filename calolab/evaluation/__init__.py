@@ -4,7 +4,8 @@
 efficiency, efficiency at a rejection, binned efficiencies, JSD, pixel-output correlations),
 :mod:`~calolab.evaluation.baselines` the cut-based and BDT baselines fitted on shower shapes,
 :mod:`~calolab.evaluation.plots` the mplhep-styled PNGs, and :mod:`~calolab.evaluation.report`
-:func:`evaluate_classifier`, which the training command calls on the test split.
+:class:`ClassifierEvaluation` (configured per experiment in ``conf/evaluation/``), which the
+training command runs on the test split, and :func:`evaluate_classifier`, the photon-ID one.
 """
 
 from calolab.evaluation.baselines import SHOWER_SHAPES, CutBasedTight, ShowerShapeBDT
@@ -17,10 +18,12 @@ from calolab.evaluation.metrics import (
     rejection_at_efficiency,
     roc_curve,
 )
-from calolab.evaluation.report import EvaluationResult, evaluate_classifier
+from calolab.evaluation.report import Binning, ClassifierEvaluation, EvaluationResult, evaluate_classifier
 
 __all__ = [
     "SHOWER_SHAPES",
+    "Binning",
+    "ClassifierEvaluation",
     "CutBasedTight",
     "EvaluationResult",
     "ShowerShapeBDT",

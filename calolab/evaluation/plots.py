@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import matplotlib.colors
 import matplotlib.style
 import mplhep
 import numpy as np
@@ -192,4 +193,47 @@ def plot_correlation_map(path: Path, corr: np.ndarray, layer: str, *, title: str
         bar.set_label("Pearson correlation with output")
         ax.set_xlabel(rf"{layer} $\eta$ cell index")
         ax.set_ylabel(rf"{layer} $\phi$ cell index")
+    return Path(path)
+
+
+def plot_average_images(
+    path: Path,
+    signal: np.ndarray,
+    background: np.ndarray,
+    name: str,
+    *,
+    class_names: tuple[str, str] = ("Signal", "Background"),
+    title: str = "",
+    n_events: int,
+) -> Path:
+    """Average signal image, average background image and their difference, side by side, (eta x phi).
+
+    The averages share one logarithmic colour scale (jet images span orders of magnitude); the
+    difference has a diverging scale centred at 0.
+    """
+    sig = np.asarray(signal, dtype=np.float64)  # (eta, phi)
+    bkg = np.asarray(background, dtype=np.float64)
+    diff = sig - bkg
+    positive = np.concatenate([sig[sig > 0], bkg[bkg > 0]])
+    grid = {"width_ratios": (20, 20, 20, 1), "wspace": 0.25, "right": 0.9}
+    with _figure(
+        path, _rlabel(f"{title + ' ' if title else ''}{name}", n_events), ncols=4, figsize=(18.0, 6.0), gridspec_kw=grid
+    ) as (fig, axes):
+        n_eta, n_phi = sig.shape
+        xs, ys = np.arange(n_eta + 1), np.arange(n_phi + 1)
+        norm = (
+            matplotlib.colors.LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
+            if positive.size
+            else None
+        )
+        for ax, image, label in ((axes[0], sig, class_names[0]), (axes[1], bkg, class_names[1])):
+            ax.pcolormesh(xs, ys, np.ma.masked_less_equal(image.T, 0), norm=norm, cmap="viridis")
+            ax.set_title(f"{label} (average)", fontsize="small")
+        vmax = max(float(np.abs(diff).max()), 1e-12)
+        mesh = axes[2].pcolormesh(xs, ys, diff.T, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        axes[2].set_title(f"{class_names[0]} - {class_names[1]}", fontsize="small")
+        for ax in axes[:3]:
+            ax.set_xlabel(r"$\eta$ pixel")
+        axes[0].set_ylabel(r"$\phi$ pixel")
+        fig.colorbar(mesh, cax=axes[3], format=FormatStrFormatter("%.2g"))
     return Path(path)

@@ -1,12 +1,19 @@
-"""The photon-ID evaluation of a trained classifier on the test split, in one call.
+"""The test-split evaluation of a classifier, configured per experiment (``conf/evaluation/<name>.yaml``).
 
-:func:`evaluate_classifier` compares, on the same test events, the network's score with two
-physics baselines fitted on the *training* split only (a tight-like cut-based working point and a
-BDT on shower shapes), computes the ``test/...`` metrics, writes the PNG figures (ROC, efficiency
-versus pT, |eta| and pileup, score distributions, pixel-output correlation maps) and returns the
-numbers behind them as JSON-able tables. The training command calls it after testing; a jet
-tagger whose aux branches hold no shower shapes gets the baseline-free part (AUC, R50, R80, score
-and correlation plots, efficiencies at its own 50% working point).
+:class:`ClassifierEvaluation` compares, on the same test events, the task's score with the physics
+baselines its config lists (each a :class:`~calolab.evaluation.baselines.Baseline`, fitted on the
+*training* split only), computes the ``test/...`` metrics, writes the PNG figures (ROC, score
+distributions, efficiencies binned in the configured variables, pixel-output correlation maps,
+average signal and background images) and returns the numbers behind them as JSON-able tables.
+Nothing is chosen by looking at which branches happen to be present: the experiment's config says
+which baselines, binnings and plots it wants. :func:`evaluate_classifier` is the photon-ID
+configuration as one call on arrays.
+
+Metric names: the net's ``test/auc``, ``test/rej50``, ``test/rej80``; a scoring baseline ``b``'s
+``test/<b>_auc``, ``test/<b>_rej50``, ``test/<b>_rej80``; the reference working point ``wp`` (the
+first baseline with a working point, e.g. the cut-based ``baseline``): ``test/<wp>_eff``,
+``test/<wp>_rej``, the net's efficiency at that rejection ``test/eff_at_<wp>_rej`` and its relative
+gain ``test/rel_eff_gain_at_<wp>_rej``, and each scoring baseline's ``test/<b>_eff_at_<wp>_rej``.
 """
 
 from __future__ import annotations
@@ -14,16 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from calolab.errors import ConfigError, InputFileError
+from calolab import keys
+from calolab.errors import CalolabError, ConfigError, InputFileError, suggest
 from calolab.evaluation import plots
-from calolab.evaluation.baselines import SHOWER_SHAPES, CutBasedTight, ShowerShapeBDT
+from calolab.evaluation.baselines import CutBasedTight, ShowerShapeBDT
 from calolab.evaluation.metrics import (
     _event_arrays,
     _max_rejection,
@@ -43,20 +51,20 @@ ETA_EDGES = (0.0, 0.6, 0.8, 1.15, 1.37, 1.52, 1.81, 2.01, 2.37)
 N_QUANTILE_BINS = 8
 #: A quantity with at most this many distinct values gets one bin per value (e.g. mu = 0, 50).
 MAX_DISCRETE_VALUES = 12
-#: Aux branches the efficiencies are binned in (pT in MeV).
-BINNED_BRANCHES = ("ph_pt", "ph_eta", "mu")
 #: Name of the JSON file holding ``metrics`` and ``tables`` in ``out_dir``.
 SUMMARY_FILE = "evaluation.json"
+#: How the bin edges of a binned efficiency are made (or a list of edges).
+BIN_RULES = ("quantile", "atlas_eta", "discrete")
 
 
 @dataclass
 class EvaluationResult:
-    """What :func:`evaluate_classifier` produced.
+    """What an evaluation produced.
 
     Attributes:
         metrics: ``test/<name>`` -> value, ready to log.
         figures: figure name (``roc``, ``eff_vs_pt``, ...) -> PNG path.
-        tables: JSON-able numbers behind the figures (``binned``, ``baseline``, ``correlation``,
+        tables: JSON-able numbers behind the figures (``binned``, ``baselines``, ``correlation``,
             ``skipped``: figure or metric -> why it was not made).
     """
 
@@ -65,7 +73,71 @@ class EvaluationResult:
     tables: dict[str, Any] = field(default_factory=dict)
 
 
-def _split(split: Mapping, name: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class Binning:
+    """One efficiency-versus-variable figure (``eff_vs_<name>``).
+
+    Attributes:
+        name: figure and table name.
+        variable: the aux branch binned in.
+        label: x-axis label with unit.
+        scale: multiplies the values first (e.g. 0.001: MeV -> GeV).
+        absolute: bin |value| (e.g. |eta|).
+        bins: ``quantile`` (equal test population), ``atlas_eta`` (the photon-ID |eta| bins),
+            ``discrete`` (one bin per value when few, else quantiles), or a list of edges.
+    """
+
+    name: str
+    variable: str
+    label: str
+    scale: float = 1.0
+    absolute: bool = False
+    bins: str | tuple[float, ...] = "quantile"
+
+    @classmethod
+    def from_config(cls, name: str, cfg: Mapping[str, Any]) -> Binning:
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"evaluation.binned.{name} must be a mapping, but got {cfg!r}")
+        unknown = set(cfg) - {"variable", "label", "scale", "absolute", "bins"}
+        if unknown or "variable" not in cfg:
+            raise ConfigError(
+                f"evaluation.binned.{name} takes variable, label, scale, absolute, bins, but got {sorted(cfg)}"
+            )
+        bins = cfg.get("bins", "quantile")
+        if isinstance(bins, str):
+            if bins not in BIN_RULES:
+                raise ConfigError(
+                    f"evaluation.binned.{name}.bins must be one of {list(BIN_RULES)} or a list of edges, "
+                    f"but got {bins!r}{suggest(bins, BIN_RULES)}"
+                )
+        else:
+            bins = tuple(float(b) for b in bins)
+            if len(bins) < 2 or np.any(np.diff(bins) <= 0):
+                raise ConfigError(f"evaluation.binned.{name}.bins must be increasing edges, but got {list(bins)}")
+        return cls(
+            name=name,
+            variable=str(cfg["variable"]),
+            label=str(cfg.get("label", cfg["variable"])),
+            scale=float(cfg.get("scale", 1.0)),
+            absolute=bool(cfg.get("absolute", False)),
+            bins=bins,
+        )
+
+    def values(self, aux: Mapping[str, np.ndarray]) -> np.ndarray:
+        values = np.asarray(aux[self.variable], dtype=np.float64) * self.scale
+        return np.abs(values) if self.absolute else values
+
+    def edges(self, values: np.ndarray) -> np.ndarray:
+        if not isinstance(self.bins, str):
+            return np.asarray(self.bins)
+        return {
+            "quantile": lambda v: _quantile_edges(v, N_QUANTILE_BINS),
+            "atlas_eta": _eta_edges,
+            "discrete": _discrete_or_quantile_edges,
+        }[self.bins](values)
+
+
+def _split(split: Mapping, name: str, variables: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """``(label, weight, aux)`` of a split dict; a missing weight means unit weights."""
     if not isinstance(split, Mapping) or "label" not in split:
         raise ConfigError(
@@ -74,25 +146,12 @@ def _split(split: Mapping, name: str) -> tuple[np.ndarray, np.ndarray, dict[str,
     label = np.asarray(split["label"])
     weight = np.ones(label.shape) if split.get("weight") is None else np.asarray(split["weight"], dtype=np.float64)
     aux = dict(split.get("aux") or {})
-    for key in (*SHOWER_SHAPES, *BINNED_BRANCHES):  # the branches read here; others may be anything
+    for key in variables:  # the branches read here; others may be anything
         if key in aux and np.shape(aux[key]) != label.shape:
             raise ConfigError(
                 f"{name} aux branch {key!r}: expected shape {label.shape} like the labels, but got {np.shape(aux[key])}"
             )
     return label, weight, aux
-
-
-def _shapes_available(train_aux: Mapping, test_aux: Mapping) -> bool:
-    """True when both splits hold every shower shape, False when neither holds any; else an error."""
-    have = {name: [v for v in SHOWER_SHAPES if v in aux] for name, aux in (("train", train_aux), ("test", test_aux))}
-    if all(len(v) == len(SHOWER_SHAPES) for v in have.values()):
-        return True
-    if not any(have.values()):
-        return False
-    missing = {name: sorted(set(SHOWER_SHAPES) - set(v)) for name, v in have.items()}
-    raise ConfigError(
-        f"the baselines need all shower shapes {list(SHOWER_SHAPES)} in train and test aux, but these are missing: {missing}"
-    )
 
 
 def _quantile_edges(x: np.ndarray, n_bins: int) -> np.ndarray:
@@ -141,6 +200,320 @@ def _weighted_eff(passed: np.ndarray, mask: np.ndarray, weight: np.ndarray) -> f
     return float(weight[mask & passed].sum() / weight[mask].sum())
 
 
+def _describe(baseline: Any) -> dict[str, Any]:
+    """What a fitted baseline learnt, for the tables (its ``describe()``, else its public state)."""
+    if callable(getattr(baseline, "describe", None)):
+        return baseline.describe()
+    out = {}
+    for key, value in vars(baseline).items():
+        if key.startswith("_") or key in ("name", "label"):
+            continue
+        value = _jsonable(value)
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[key] = value
+    return out
+
+
+class ClassifierEvaluation:
+    """A classifier's evaluation on the test split, as one experiment configures it.
+
+    Args:
+        baselines: physics baselines (:class:`~calolab.evaluation.baselines.Baseline`), fitted on
+            the training split and compared with the net on the test events; empty: the net alone.
+        binned: figure name -> ``{variable, label, scale, absolute, bins}`` (:class:`Binning`):
+            signal and background efficiency of the working points in bins of an aux variable.
+        working_point: name of the baseline whose working point the net is compared at (its
+            rejection); None takes the first baseline that has a working point.
+        class_names: legend names of signal and background.
+        correlation_maps: per-pixel correlation of each input image (each channel) with the output.
+        average_images: average signal and background image of each input (each channel) and
+            their difference.
+        batch_size: events per inference batch.
+    """
+
+    def __init__(
+        self,
+        baselines: Sequence[Any] = (),
+        binned: Mapping[str, Mapping[str, Any] | None] | None = None,
+        working_point: str | None = None,
+        class_names: Sequence[str] = ("Signal", "Background"),
+        correlation_maps: bool = True,
+        average_images: bool = False,
+        batch_size: int = 4096,
+    ) -> None:
+        self.baselines = [b for b in (baselines or ()) if b is not None]
+        names = [b.name for b in self.baselines]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"evaluation.baselines must have unique names, but got {names}")
+        self.binned = [Binning.from_config(k, v) for k, v in (binned or {}).items() if v is not None]
+        with_wp = [b.name for b in self.baselines if _has(b, "passes")]
+        if working_point is not None and working_point not in with_wp:
+            raise ConfigError(
+                f"evaluation.working_point must name a baseline with a working point {with_wp}, "
+                f"but got {working_point!r}{suggest(str(working_point), with_wp)}"
+            )
+        self.working_point = working_point if working_point is not None else (with_wp[0] if with_wp else None)
+        if len(class_names) != 2:
+            raise ConfigError(f"evaluation.class_names must be [signal, background], but got {list(class_names)}")
+        self.class_names = (str(class_names[0]), str(class_names[1]))
+        self.correlation_maps = bool(correlation_maps)
+        self.average_images = bool(average_images)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"evaluation.batch_size must be an integer >= 1, but got {batch_size!r}")
+        self.batch_size = batch_size
+
+    # -- the pipeline's entry point --------------------------------------------------------------
+    def __call__(self, task, dm, out_dir: Path, title: str = "") -> tuple[EvaluationResult, np.ndarray]:
+        """Score ``dm``'s test split with ``task.predict`` and evaluate it; returns the result and the scores."""
+        test = dm.arrays("test")
+        score = task.predict(test.inputs, list(dm.input_names), self.batch_size)["score"]
+        bad = int((~np.isfinite(score)).sum())
+        if bad:
+            raise CalolabError(f"the network produced {bad} non-finite scores on the test split")
+        images = (
+            {k: np.asarray(v) for k, v in test.inputs.items()} if self.correlation_maps or self.average_images else None
+        )
+        result = self.evaluate(
+            score=score,
+            test=_arrays(test),
+            train=_arrays(dm.arrays("train")),
+            out_dir=out_dir,
+            title=title,
+            inputs_for_maps=images,
+        )
+        return result, score
+
+    @staticmethod
+    def key_metrics(label: np.ndarray, score: np.ndarray, weight: np.ndarray) -> dict[str, float]:
+        """The metrics the registry recomputes for candidate and champion: AUC, R50, R80."""
+        return {
+            keys.TEST_AUC: auc(label, score, weight),
+            keys.TEST_REJ50: rejection_at_efficiency(label, score, 0.5, weight),
+            keys.TEST_REJ80: rejection_at_efficiency(label, score, 0.8, weight),
+        }
+
+    # -- the evaluation on arrays ----------------------------------------------------------------
+    def _check_variables(self, aux_train: Mapping, aux_test: Mapping) -> None:
+        needed = list(dict.fromkeys(v for b in self.baselines for v in b.variables))
+        missing = {
+            name: [v for v in needed if v not in aux] for name, aux in (("train", aux_train), ("test", aux_test))
+        }
+        if any(missing.values()):
+            raise ConfigError(
+                f"the baselines {[b.name for b in self.baselines]} need the aux variables {needed} in train and "
+                f"test, but these are missing: {missing}; add them to the data config's aux list"
+            )
+
+    def evaluate(
+        self,
+        *,
+        score: np.ndarray,
+        test: Mapping,
+        train: Mapping,
+        out_dir: Path,
+        title: str = "",
+        inputs_for_maps: Mapping[str, np.ndarray] | None = None,
+    ) -> EvaluationResult:
+        """Evaluate test scores against the baselines fitted on train.
+
+        Args:
+            score: (N_test,) classifier output on the test events (higher = more signal-like).
+            test: ``{"label": (N,), "weight": (N,), "aux": {branch: (N,)}}`` of the test split.
+            train: the same for the training split; used *only* to fit the baselines.
+            out_dir: where the PNGs and ``evaluation.json`` (metrics and tables) are written.
+            title: sample or run name shown on every figure.
+            inputs_for_maps: input name -> (N_test, C, H, W) or (N_test, H, W) test images, for the
+                correlation maps and average images.
+
+        Returns:
+            The metrics, figure paths and tables (see the module docstring for metric names).
+        """
+        out_dir = Path(out_dir)
+        read = [v for b in self.baselines for v in b.variables] + [b.variable for b in self.binned]
+        y_test, w_test, aux_test = _split(test, "test", read)
+        y_train, w_train, aux_train = _split(train, "train", read)
+        y, s, w = _event_arrays(y_test, score, w_test)
+        for layer, array in (inputs_for_maps or {}).items():  # fail before the expensive part
+            if np.ndim(array) not in (3, 4) or np.shape(array)[0] != y.size:
+                raise ConfigError(
+                    f"inputs_for_maps[{layer!r}]: expected ({y.size}, C, H, W) test images, but got shape {np.shape(array)}"
+                )
+        self._check_variables(aux_train, aux_test)
+        n = int(y.size)
+        result = EvaluationResult()
+        m, tables, skipped = result.metrics, result.tables, {}
+        tables["skipped"] = skipped
+
+        m["test/n_events"] = float(n)
+        m["test/n_signal"] = float(y.sum())
+        m["test/n_background"] = float((~y).sum())
+        # the statistical power of a weighted background: rejections far above it are not resolved
+        wb = w[~y]
+        m["test/n_background_eff"] = float(wb.sum() ** 2 / (wb**2).sum()) if wb.size and (wb**2).sum() > 0 else 0.0
+        m.update(self.key_metrics(y, s, w))
+        eff_s, eff_b, _ = roc_curve(y, s, w)
+        curves = [{"name": "Network", "eff_sig": eff_s, "eff_bkg": eff_b, "auc": m[keys.TEST_AUC]}]
+        roc_points = []
+
+        # baselines: fit on train, score and cut on test
+        scores, passes, described = {}, {}, {}
+        for b in self.baselines:
+            b.fit(aux_train, y_train, w_train)
+            described[b.name] = {"label": b.label, **_describe(b)}
+            bs = b.score(aux_test) if _has(b, "score") else None
+            if bs is not None:
+                scores[b.name] = np.asarray(bs, dtype=np.float64)
+            bp = b.passes(aux_test) if _has(b, "passes") else None
+            if bp is not None:
+                passes[b.name] = np.asarray(bp, dtype=bool)
+        if not self.baselines:
+            skipped["baselines"] = "no baselines configured for this experiment (evaluation.baselines)"
+        tables["baselines"] = described
+        for name, bs in scores.items():
+            b = self._baseline(name)
+            finite = np.isfinite(bs)
+            # a score of -inf marks events the baseline rejects outright (e.g. outside a mass window)
+            ranked = np.where(finite, bs, np.nanmin(bs[finite]) - 1.0 if finite.any() else 0.0)
+            m[f"test/{name}_auc"] = auc(y, ranked, w)
+            m[f"test/{name}_rej50"] = rejection_at_efficiency(y, ranked, 0.5, w)
+            m[f"test/{name}_rej80"] = rejection_at_efficiency(y, ranked, 0.8, w)
+            bs_eff_s, bs_eff_b, thr = roc_curve(y, ranked, w)
+            keep = thr > (ranked.min() if not finite.all() else -np.inf)  # drop the points that take rejected events
+            curves.append(
+                {"name": b.label, "eff_sig": bs_eff_s[keep], "eff_bkg": bs_eff_b[keep], "auc": m[f"test/{name}_auc"]}
+            )
+            scores[name] = ranked
+
+        wp = self.working_point
+        if wp is not None:
+            base_pass = passes[wp]
+            base_eff = _weighted_eff(base_pass, y, w)
+            base_eb = _weighted_eff(base_pass, ~y, w)
+            base_rej = 1.0 / base_eb if base_eb > 0 else _max_rejection(y, w)
+            net_eff, net_thr = efficiency_at_rejection(y, s, base_rej, w)
+            m[f"test/{wp}_eff"], m[f"test/{wp}_rej"] = base_eff, base_rej
+            m[f"test/eff_at_{wp}_rej"] = net_eff
+            if base_eff > 0:  # left out when the cuts keep no test signal (no ratio to take)
+                m[f"test/rel_eff_gain_at_{wp}_rej"] = net_eff / base_eff - 1.0
+            for name, bs in scores.items():
+                m[f"test/{name}_eff_at_{wp}_rej"] = efficiency_at_rejection(y, bs, base_rej, w)[0]
+            described[wp]["classifier_threshold_at_rejection"] = net_thr
+            label = self._baseline(wp).label
+            roc_points.append({"name": label, "eff_sig": base_eff, "rejection": base_rej})
+            working_points = {
+                "classifier": (f"Network at {label} " + r"$1/\varepsilon_B$", s >= net_thr),
+                "cut_based": (label, base_pass),  # a baseline's working point is a selection (cuts)
+            }
+        else:
+            _, thr50 = efficiency_at_rejection(y, s, m[keys.TEST_REJ50], w)
+            working_points = {"classifier": (r"Network at $\varepsilon_S$ = 50%", s >= thr50)}
+
+        fig = result.figures
+        fig["roc"] = plots.plot_roc(out_dir / "roc.png", curves, roc_points, title=title, n_events=n)
+        fig["score"] = plots.plot_score(out_dir / "score.png", y, s, w, title=title, class_names=self.class_names)
+        tables["binned"] = self._binned(y, w, aux_test, working_points, fig, skipped, out_dir, title, n)
+        tables["correlation"] = {}
+        for name, channel in _channels(inputs_for_maps or {}).items():
+            if self.correlation_maps:
+                corr = pixel_score_correlation(channel, s)
+                tables["correlation"][name] = corr
+                fig[f"corr_{name}"] = plots.plot_correlation_map(
+                    out_dir / f"corr_{name}.png", corr, name, title=title, n_events=n
+                )
+            if self.average_images:
+                sig_avg = np.average(channel[y], axis=0, weights=w[y])
+                bkg_avg = np.average(channel[~y], axis=0, weights=w[~y])
+                tables.setdefault("average_images", {})[name] = {"signal": sig_avg, "background": bkg_avg}
+                fig[f"average_{name}"] = plots.plot_average_images(
+                    out_dir / f"average_{name}.png",
+                    sig_avg,
+                    bkg_avg,
+                    name,
+                    class_names=self.class_names,
+                    title=title,
+                    n_events=n,
+                )
+
+        result.tables = _jsonable(tables)
+        summary = out_dir / SUMMARY_FILE
+        try:
+            summary.write_text(json.dumps({"metrics": _jsonable(m), "tables": result.tables}, indent=1))
+        except OSError as err:
+            raise InputFileError(f"cannot write the evaluation summary {summary}: {err}") from err
+        return result
+
+    def _baseline(self, name: str) -> Any:
+        return next(b for b in self.baselines if b.name == name)
+
+    def _binned(self, y, w, aux_test, working_points, fig, skipped, out_dir, title, n) -> dict[str, Any]:
+        binned: dict[str, Any] = {}
+        for spec in self.binned:
+            key = spec.name
+            if spec.variable not in aux_test:
+                skipped[f"eff_vs_{key}"] = f"no {spec.variable!r} in the test aux branches"
+                continue
+            values = spec.values(aux_test)
+            if not np.all(np.isfinite(values)):
+                raise ConfigError(
+                    f"test aux branch {spec.variable!r}: expected finite values to bin in, but got NaN or inf"
+                )
+            if np.ptp(values) == 0:  # one value has no dependence to show (e.g. a single pileup condition)
+                skipped[f"eff_vs_{key}"] = f"{spec.variable} is constant ({values[0]:g}) in the test sample"
+                continue
+            edges = spec.edges(values)
+            tabs = {wp: binned_efficiency(y, passed, values, edges, w) for wp, (_, passed) in working_points.items()}
+            binned[key] = {
+                "variable": spec.variable,
+                "xlabel": spec.label,
+                "working_points": {wp: {"label": working_points[wp][0], **tab} for wp, tab in tabs.items()},
+            }
+            shown = {working_points[wp][0]: tab for wp, tab in tabs.items()}
+            fig[f"eff_vs_{key}"] = plots.plot_binned_efficiency(
+                out_dir / f"eff_vs_{key}.png", shown, xlabel=spec.label, title=title, n_events=n
+            )
+        return binned
+
+
+def _has(baseline: Any, method: str) -> bool:
+    """Whether a baseline provides ``score`` or ``passes`` (a method that may return None)."""
+    return callable(getattr(baseline, method, None))
+
+
+def _channels(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Input images split into one (N, H, W) array per channel, named ``<input>`` or ``<input>_<c>``."""
+    out = {}
+    for layer, array in images.items():
+        array = np.asarray(array)
+        if array.ndim == 3:
+            out[layer] = array
+        elif array.shape[1] == 1:
+            out[layer] = array[:, 0]
+        else:
+            for c in range(array.shape[1]):
+                out[f"{layer}_{c}"] = array[:, c]
+    return out
+
+
+def _arrays(a) -> dict[str, Any]:
+    """Label, weight and aux arrays of a datamodule split, as :meth:`ClassifierEvaluation.evaluate` takes them."""
+    return {
+        "label": np.asarray(a.label),
+        "weight": np.asarray(a.weight),
+        "aux": {k: np.asarray(v) for k, v in a.aux.items()},
+    }
+
+
+#: The photon-ID evaluation (as ``conf/evaluation/photon_id.yaml``): efficiencies in pT, |eta|, mu.
+PHOTON_BINNED = {
+    "pt": {"variable": "ph_pt", "label": r"Photon $p_T$ [GeV]", "scale": 0.001, "bins": "quantile"},
+    "eta": {"variable": "ph_eta", "label": r"Photon $|\eta|$", "absolute": True, "bins": "atlas_eta"},
+    "mu": {"variable": "mu", "label": r"Pileup $\mu$", "bins": "discrete"},
+}
+
+
 def evaluate_classifier(
     *,
     score: np.ndarray,
@@ -149,145 +522,22 @@ def evaluate_classifier(
     out_dir: Path,
     title: str = "",
     inputs_for_maps: dict[str, np.ndarray] | None = None,
+    baselines: Sequence[Any] | None = None,
 ) -> EvaluationResult:
-    """Evaluate a classifier's test scores against cut-based and BDT baselines fitted on train.
+    """The photon-ID evaluation on arrays: :class:`ClassifierEvaluation` as ``conf/evaluation/photon_id.yaml``.
 
     Args:
-        score: (N_test,) classifier output on the test events (higher = more signal-like).
-        test: ``{"label": (N,), "weight": (N,), "aux": {branch: (N,)}}`` of the test split; the
-            shower shapes, ``ph_pt`` (MeV), ``ph_eta`` and ``mu`` are read from ``aux``.
-        train: the same for the training split; used *only* to fit the baselines.
-        out_dir: where the PNGs and ``evaluation.json`` (metrics and tables) are written.
-        title: sample or run name shown on every figure.
+        score, test, train, out_dir, title: as :meth:`ClassifierEvaluation.evaluate`.
         inputs_for_maps: layer name -> (N_test, 1, H, W) test images; one correlation map each.
-
-    Returns:
-        The metrics, figure paths and tables. Always: ``test/auc``, ``test/rej50``, ``test/rej80``,
-        ``test/n_events``, ``test/n_signal``, ``test/n_background``. With shower shapes in both
-        splits also ``test/baseline_eff``, ``test/baseline_rej`` (the cut-based working point on
-        test), ``test/eff_at_baseline_rej`` (the classifier's signal efficiency at that
-        rejection), ``test/rel_eff_gain_at_baseline_rej`` (its ratio to ``baseline_eff`` minus 1),
-        ``test/bdt_auc``, ``test/bdt_rej50``, ``test/bdt_rej80``, ``test/bdt_eff_at_baseline_rej``.
-        Without shower shapes (e.g. a jet tagger) those are left out and the binned efficiencies
-        are those of the classifier's own 50%-efficiency cut. ``eff_vs_pt``, ``eff_vs_eta`` and
-        ``eff_vs_mu`` need ``ph_pt``, ``ph_eta`` and ``mu`` in the test aux; ``eff_vs_mu`` is also
-        skipped when mu is constant (one pileup condition has no dependence to show). Skipped
-        items and the reasons are listed in ``tables["skipped"]``.
+        baselines: None: the photon baselines (tight-like cuts and the shower-shape BDT, which need
+            the shower shapes in both splits' aux); ``[]``: the network alone.
     """
-    out_dir = Path(out_dir)
-    y_test, w_test, aux_test = _split(test, "test")
-    y_train, w_train, aux_train = _split(train, "train")
-    y, s, w = _event_arrays(y_test, score, w_test)
-    for layer, images in (inputs_for_maps or {}).items():  # fail before the expensive part
-        if np.ndim(images) not in (3, 4) or np.shape(images)[0] != y.size:
-            raise ConfigError(
-                f"inputs_for_maps[{layer!r}]: expected ({y.size}, 1, H, W) test images, but got shape {np.shape(images)}"
-            )
-    with_baselines = _shapes_available(aux_train, aux_test)
-    sig, n = y, int(y.size)
-    result = EvaluationResult()
-    m, tables, skipped = result.metrics, result.tables, {}
-    tables["skipped"] = skipped
-
-    m["test/n_events"] = float(n)
-    m["test/n_signal"] = float(sig.sum())
-    m["test/n_background"] = float((~sig).sum())
-    # the statistical power of a weighted background: rejections far above it are not resolved
-    wb = w[~sig]
-    m["test/n_background_eff"] = float(wb.sum() ** 2 / (wb**2).sum()) if wb.size and (wb**2).sum() > 0 else 0.0
-    m["test/auc"] = auc(y, s, w)
-    m["test/rej50"] = rejection_at_efficiency(y, s, 0.5, w)
-    m["test/rej80"] = rejection_at_efficiency(y, s, 0.8, w)
-    eff_s, eff_b, _ = roc_curve(y, s, w)
-    curves = [{"name": "Network", "eff_sig": eff_s, "eff_bkg": eff_b, "auc": m["test/auc"]}]
-    roc_points = []
-
-    if with_baselines:
-        cut = CutBasedTight().fit(aux_train, y_train, w_train)
-        base_pass = cut.passes(aux_test)
-        base_eff = _weighted_eff(base_pass, sig, w)
-        base_eb = _weighted_eff(base_pass, ~sig, w)
-        base_rej = 1.0 / base_eb if base_eb > 0 else _max_rejection(y, w)
-        cnn_eff, cnn_thr = efficiency_at_rejection(y, s, base_rej, w)
-        m["test/baseline_eff"], m["test/baseline_rej"] = base_eff, base_rej
-        m["test/eff_at_baseline_rej"] = cnn_eff
-        if base_eff > 0:  # left out when the cuts keep no test signal (no ratio to take)
-            m["test/rel_eff_gain_at_baseline_rej"] = cnn_eff / base_eff - 1.0
-        tables["baseline"] = {
-            "cuts": {k: list(v) for k, v in cut.cuts.items()},
-            "target_efficiency": cut.target_efficiency,
-            "train_eff": cut.train_efficiency,
-            "train_bkg_eff": cut.train_background_efficiency,
-            "classifier_threshold_at_baseline_rej": cnn_thr,
-        }
-        bdt = ShowerShapeBDT().fit(aux_train, y_train, w_train)
-        b = bdt.score(aux_test)
-        m["test/bdt_auc"] = auc(y, b, w)
-        m["test/bdt_rej50"] = rejection_at_efficiency(y, b, 0.5, w)
-        m["test/bdt_rej80"] = rejection_at_efficiency(y, b, 0.8, w)
-        m["test/bdt_eff_at_baseline_rej"] = efficiency_at_rejection(y, b, base_rej, w)[0]
-        tables["baseline"]["bdt_iterations"] = int(bdt.model.n_iter_)
-        bs, bb, _ = roc_curve(y, b, w)
-        curves.append({"name": "Shower-shape BDT", "eff_sig": bs, "eff_bkg": bb, "auc": m["test/bdt_auc"]})
-        roc_points.append({"name": "Cut-based tight-like", "eff_sig": base_eff, "rejection": base_rej})
-        working_points = {
-            "classifier": ("Network at cut-based $1/\\varepsilon_B$", s >= cnn_thr),
-            "cut_based": ("Cut-based tight-like", base_pass),
-        }
-    else:
-        reason = f"no shower shapes {list(SHOWER_SHAPES)} in the aux branches"
-        log.info("evaluation: baselines skipped: %s", reason)
-        skipped["baselines"] = reason
-        _, thr50 = efficiency_at_rejection(y, s, m["test/rej50"], w)
-        working_points = {"classifier": (r"Network at $\varepsilon_S$ = 50%", s >= thr50)}
-
-    fig = result.figures
-    fig["roc"] = plots.plot_roc(out_dir / "roc.png", curves, roc_points, title=title, n_events=n)
-    names = ("Prompt photons", "Jets") if with_baselines else ("Signal", "Background")
-    fig["score"] = plots.plot_score(out_dir / "score.png", y, s, w, title=title, class_names=names)
-
-    binned: dict[str, Any] = {}
-    specs = (
-        ("pt", "ph_pt", r"Photon $p_T$ [GeV]", lambda v: v / 1000.0, lambda v: _quantile_edges(v, N_QUANTILE_BINS)),
-        ("eta", "ph_eta", r"Photon $|\eta|$", np.abs, _eta_edges),
-        ("mu", "mu", r"Pileup $\mu$", lambda v: v, _discrete_or_quantile_edges),
+    evaluation = ClassifierEvaluation(
+        baselines=[CutBasedTight(), ShowerShapeBDT()] if baselines is None else baselines,
+        binned=PHOTON_BINNED,
+        class_names=("Prompt photons", "Jets") if baselines is None else ("Signal", "Background"),
+        correlation_maps=True,
     )
-    for key, branch, xlabel, transform, make_edges in specs:
-        if branch not in aux_test:
-            skipped[f"eff_vs_{key}"] = f"no {branch!r} in the test aux branches"
-            continue
-        values = transform(np.asarray(aux_test[branch], dtype=np.float64))
-        if not np.all(np.isfinite(values)):
-            raise ConfigError(f"test aux branch {branch!r}: expected finite values to bin in, but got NaN or inf")
-        if key == "mu" and np.ptp(values) == 0:
-            skipped["eff_vs_mu"] = f"mu is constant ({values[0]:g}) in the test sample"
-            continue
-        edges = make_edges(values)
-        tabs = {wp: binned_efficiency(y, passed, values, edges, w) for wp, (_, passed) in working_points.items()}
-        binned[key] = {
-            "variable": branch,
-            "xlabel": xlabel,
-            "working_points": {wp: {"label": working_points[wp][0], **tab} for wp, tab in tabs.items()},
-        }
-        shown = {working_points[wp][0]: tab for wp, tab in tabs.items()}
-        fig[f"eff_vs_{key}"] = plots.plot_binned_efficiency(
-            out_dir / f"eff_vs_{key}.png", shown, xlabel=xlabel, title=title, n_events=n
-        )
-    tables["binned"] = binned
-
-    correlation = {}
-    for layer, images in (inputs_for_maps or {}).items():
-        corr = pixel_score_correlation(images, s)
-        correlation[layer] = corr
-        fig[f"corr_{layer}"] = plots.plot_correlation_map(
-            out_dir / f"corr_{layer}.png", corr, layer, title=title, n_events=n
-        )
-    tables["correlation"] = correlation
-
-    result.tables = _jsonable(tables)
-    summary = out_dir / SUMMARY_FILE
-    try:
-        summary.write_text(json.dumps({"metrics": _jsonable(m), "tables": result.tables}, indent=1))
-    except OSError as err:
-        raise InputFileError(f"cannot write the evaluation summary {summary}: {err}") from err
-    return result
+    return evaluation.evaluate(
+        score=score, test=test, train=train, out_dir=out_dir, title=title, inputs_for_maps=inputs_for_maps
+    )

@@ -5,8 +5,8 @@
 in the net's forward order) and a dynamic ``batch`` axis. It uses torch's default
 ``torch.export``-based exporter (``dynamo=True``): the TorchScript path (``dynamo=False``) still
 exists in torch 2.13 but is deprecated and warns. :func:`check_parity` runs the file with
-onnxruntime on test events at several batch sizes and compares with PyTorch; a model that fails
-it must not be logged or promoted. :func:`read_metadata` reads back the key/value metadata an
+onnxruntime on test events at several batch sizes and compares every output with the same module
+in PyTorch; a model that fails it must not be logged or promoted. :func:`read_metadata` reads back the key/value metadata an
 offline or trigger framework needs (input names and shapes, run identifiers).
 """
 
@@ -16,17 +16,19 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from calolab.errors import ExportError, InputFileError
+from calolab.torchutil import eval_mode, module_device
 
+#: the output of a classifier's inference module (the default of export_onnx)
 OUTPUT_NAME = "score"
 BATCH_AXIS = "batch"
 # metadata keys written by export_onnx itself; user metadata may not override them
@@ -43,29 +45,6 @@ _EXPORT_WARNINGS = (
 )
 # logs "torchvision is not installed. Skipping torchvision::nms" and the like at WARNING
 _NOISY_LOGGER = "torch.onnx._internal.exporter._registration"
-
-
-class _Scored(nn.Module):
-    """The net with a sigmoid on top: per-layer inputs -> signal probability (B,)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, *inputs: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(*inputs))  # (B,)
-
-
-@contextmanager
-def _eval_mode(net: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, and restore each one's own mode afterwards."""
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 @contextmanager
@@ -99,35 +78,43 @@ def _check_inputs(net: nn.Module, input_names: Sequence[str], input_shapes: Mapp
 
 
 def export_onnx(
-    net: nn.Module,
+    module: nn.Module,
     input_names: list[str],
     input_shapes: dict[str, Sequence[int]],
     path: str | Path,
     *,
+    output_names: Sequence[str] = (OUTPUT_NAME,),
+    output_doc: Mapping[str, str] | None = None,
     metadata: dict[str, str] | None = None,
     opset: int | None = None,
 ) -> Path:
-    """Export ``net`` to ONNX at ``path`` with output ``score`` = sigmoid(logit) and a dynamic batch axis.
+    """Export ``module`` (a task's inference module) to ONNX at ``path`` with a dynamic batch axis.
 
     Args:
-        net: a net taking one tensor per input, in ``input_names`` order, and returning logits (B,).
+        module: takes one tensor per input, in ``input_names`` order, and returns one tensor per
+            name in ``output_names`` (a tuple when there are several), batch first.
         input_names: graph input names, in the net's forward order.
         input_shapes: per-event shape of each input (without the batch axis).
         path: the ``.onnx`` file to write; written under a temporary name, then renamed.
+        output_names: the graph's output names (a classifier: ``score``).
+        output_doc: output name -> meaning, stored in the metadata key ``output``.
         metadata: string key/values stored as the model's ``metadata_props`` (e.g. run id, git
             commit); ``input_names``, ``input_shapes`` (JSON) and ``output`` are added.
         opset: ONNX opset; None takes torch's default.
 
     Returns:
-        The path written. The net is exported in eval mode; its modes are restored afterwards.
+        The path written. The module is exported in eval mode; its modes are restored afterwards.
     """
-    _check_inputs(net, input_names, input_shapes)
-    names = list(input_names)
+    _check_inputs(module, input_names, input_shapes)
+    names, outputs = list(input_names), list(output_names)
+    if not outputs or len(set(outputs)) != len(outputs) or set(outputs) & set(names):
+        raise ExportError(f"output_names must be unique, non-empty and differ from the inputs, but got {outputs}")
     shapes = {name: [int(n) for n in input_shapes[name]] for name in names}
+    doc = dict(output_doc or {OUTPUT_NAME: "signal probability, shape (batch,)"})
     props = {
         INPUT_NAMES_KEY: json.dumps(names),
         INPUT_SHAPES_KEY: json.dumps(shapes),
-        OUTPUT_KEY: f"{OUTPUT_NAME}: signal probability, shape ({BATCH_AXIS},)",
+        OUTPUT_KEY: "; ".join(f"{k}: {doc.get(k, '')}".rstrip(": ") for k in outputs),
     }
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -137,20 +124,18 @@ def export_onnx(
         props[key] = value
 
     path = Path(path)
-    param = next(net.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = module_device(module)
     # batch 2: torch.export specialises a dynamic axis whose example size is 0 or 1
     example = tuple(torch.zeros(2, *shapes[name], device=device) for name in names)
     batch = torch.export.Dim(BATCH_AXIS)
     dynamic_shapes = (tuple({0: batch} for _ in names),)  # forward(*inputs): one entry, a tuple per input
-    with _eval_mode(net), _quiet_exporter():
-        wrapper = _Scored(net).eval()
+    with eval_mode(module), _quiet_exporter():
         try:
             program = torch.onnx.export(
-                wrapper,
+                module,
                 example,
                 input_names=names,
-                output_names=[OUTPUT_NAME],
+                output_names=outputs,
                 opset_version=opset,
                 dynamic_shapes=dynamic_shapes,
                 external_data=False,
@@ -158,7 +143,7 @@ def export_onnx(
                 verbose=False,
             )
         except Exception as err:  # torch.export / torchlib errors come in many types
-            raise ExportError(f"could not export {type(net).__name__} to ONNX for {path}: {err}") from err
+            raise ExportError(f"could not export {type(module).__name__} to ONNX for {path}: {err}") from err
     model = program.model_proto
     graph_inputs = [i.name for i in model.graph.input]
     if graph_inputs != names:
@@ -204,30 +189,43 @@ def _session(path: Path):  # -> onnxruntime.InferenceSession
         raise InputFileError(f"onnxruntime cannot load {path}: {err}") from err
 
 
+def _torch_outputs(module: nn.Module, arrays: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``module``'s outputs on ``arrays`` in eval mode, without gradients, by output name."""
+    device = module_device(module)
+    with eval_mode(module), torch.no_grad():
+        out = module(*(torch.from_numpy(a).to(device) for a in arrays))
+    out = out if isinstance(out, tuple | list) else (out,)
+    if len(out) != len(names):
+        raise ExportError(f"the PyTorch module returned {len(out)} outputs, but the ONNX graph has {list(names)}")
+    return {name: value.float().cpu().numpy() for name, value in zip(names, out)}
+
+
 def check_parity(
     path: str | Path,
-    net: nn.Module,
+    reference: nn.Module | Callable[[list[np.ndarray]], Mapping[str, np.ndarray]],
     inputs: Sequence[np.ndarray],
     *,
     atol: float,
     rtol: float,
     batch_sizes: Sequence[int] = (1, 7, 64),
 ) -> float:
-    """Compare the ONNX model at ``path`` with ``sigmoid(net(...))`` on test events.
+    """Compare every output of the ONNX model at ``path`` with PyTorch's on test events.
 
-    onnxruntime (CPU) scores all events in one batch and again in batches of each of
+    onnxruntime (CPU) runs all events in one batch and again in batches of each of
     ``batch_sizes`` (events repeated when there are fewer than a batch), proving the dynamic batch
-    axis; PyTorch scores them once, in eval mode (the net's modes are restored afterwards).
+    axis; PyTorch runs them once.
 
     Args:
         path: the exported model.
-        net: the PyTorch net it was exported from.
+        reference: the PyTorch side: the module that was exported (run in eval mode, its modes
+            restored afterwards), or a function taking the input arrays (graph order) and returning
+            output name -> (N, ...) array, such as a task's :meth:`~lightning_modules.task.Task.predict`.
         inputs: one array per graph input, in graph order, each ``(N, *shape)`` for N test events.
         atol, rtol: tolerances of ``np.allclose(onnx, torch)``.
         batch_sizes: the batch sizes to run onnxruntime at, besides all events at once.
 
     Returns:
-        The largest ``|onnx - torch|`` seen.
+        The largest ``|onnx - torch|`` seen over all outputs.
 
     Raises:
         ExportError: when any comparison fails ``np.allclose``, or inputs do not fit the graph.
@@ -252,22 +250,27 @@ def check_parity(
     if not batch_sizes or min(batch_sizes) < 1:
         raise ExportError(f"batch_sizes must be positive, but got {list(batch_sizes)}")
 
-    param = next(net.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    with _eval_mode(net), torch.no_grad():
-        reference = torch.sigmoid(net(*(torch.from_numpy(a).to(device) for a in arrays))).cpu().numpy()  # (N,)
+    outputs = [o.name for o in session.get_outputs()]
+    if isinstance(reference, nn.Module):
+        expected_all = _torch_outputs(reference, arrays, outputs)
+    else:
+        expected_all = {k: np.asarray(v) for k, v in reference(list(arrays)).items()}
+    missing = [o for o in outputs if o not in expected_all]
+    if missing:
+        raise ExportError(f"{path} has outputs {outputs}, but PyTorch gave {sorted(expected_all)}")
 
     max_diff, failed = 0.0, False
     for size in (n, *batch_sizes):
         order = np.arange(max(n, size)) % n  # events repeated to fill at least one batch
         for start in range(0, len(order), size):
             rows = order[start : start + size]
-            (score,) = session.run([OUTPUT_NAME], {name: a[rows] for name, a in zip(names, arrays)})
-            expected = reference[rows]
-            if score.shape != expected.shape:
-                raise ExportError(f"{path} returned {OUTPUT_NAME} of shape {score.shape} for a batch of {len(rows)}")
-            max_diff = float(np.max([max_diff, *np.abs(score - expected)]))  # NaN propagates
-            failed |= not np.allclose(score, expected, atol=atol, rtol=rtol)
+            got = session.run(outputs, {name: a[rows] for name, a in zip(names, arrays)})
+            for output, value in zip(outputs, got):
+                expected = expected_all[output][rows]
+                if value.shape != expected.shape:
+                    raise ExportError(f"{path} returned {output} of shape {value.shape} for a batch of {len(rows)}")
+                max_diff = float(np.max([max_diff, *np.abs(value - expected).reshape(-1)]))  # NaN propagates
+                failed |= not np.allclose(value, expected, atol=atol, rtol=rtol)
     if failed:
         raise ExportError(
             f"ONNX parity check failed: max |onnx - torch| = {max_diff:.3g} > atol {atol:g} (rtol {rtol:g}) "

@@ -1,9 +1,11 @@
-"""The export step: ONNX with a dynamic batch axis, verified with onnxruntime before logging.
+"""The export step: the task's inference module to ONNX with a dynamic batch axis, verified before logging.
 
-The graph's inputs are the net's forward arguments in order (the datamodule's input names);
-metadata records input names and shapes, the normalisation, the dataset and config digests.
-The parity check runs onnxruntime and PyTorch on test events; the model is logged only when
-it passes (tolerances from ``conf/export``).
+The graph's inputs are the net's forward arguments in order (the datamodule's input names), its
+outputs the task's (:attr:`~lightning_modules.task.Task.output_names`); metadata records input
+names and shapes, the outputs, the task kind, the normalisation, the dataset and config digests.
+The parity check runs onnxruntime against the task's own :meth:`~lightning_modules.task.Task.predict`
+on test events; the model is logged only when it passes (tolerances from ``conf/export``, which the
+registry's parity gate reads back from the run's config).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 import calolab
+from calolab import keys
 from calolab.export.onnx import check_parity, export_onnx
 from calolab.tracking.params import to_plain
 
@@ -25,8 +28,13 @@ def config_digest(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def export_model(cfg: DictConfig, model, dm, out_dir: Path, log: bool = True) -> Path:
-    """Export ``model.net`` to ``out_dir/model.onnx``, check parity on test events, log it."""
+def parity_reference(task, input_names: list[str]):
+    """PyTorch's side of the parity check: the task's ``predict`` on arrays in graph order."""
+    return lambda arrays: task.predict(dict(zip(input_names, arrays, strict=True)), input_names)
+
+
+def export_model(cfg: DictConfig, task, dm, out_dir: Path, log: bool = True) -> Path:
+    """Export ``task``'s inference module to ``out_dir/model.onnx``, check parity on test events, log it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = dm.preprocessing_summary()
     metadata = {
@@ -35,18 +43,28 @@ def export_model(cfg: DictConfig, model, dm, out_dir: Path, log: bool = True) ->
         "dataset_digest": dm.digest,
         "config_digest": config_digest(cfg),
         "normalisation": json.dumps(summary.get("normalisation")),
+        "task": task.kind,
     }
-    net = model.net.cpu().eval()
+    task = task.cpu().eval()
+    names = list(dm.input_names)
     path = export_onnx(
-        net, list(dm.input_names), dm.input_shapes, out_dir / "model.onnx", metadata=metadata, opset=cfg.export.opset
+        task.inference_module(),
+        names,
+        dm.input_shapes,
+        out_dir / "model.onnx",
+        output_names=task.output_names,
+        output_doc=task.output_doc,
+        metadata=metadata,
+        opset=cfg.export.opset,
     )
     test = dm.arrays("test").inputs
-    n = min(int(cfg.export.parity_events), len(test[dm.input_names[0]]))
-    inputs = [np.ascontiguousarray(test[k][:n]) for k in dm.input_names]
-    max_diff = check_parity(path, net, inputs, atol=float(cfg.export.atol), rtol=float(cfg.export.rtol))
+    n = min(int(cfg.export.parity_events), len(test[names[0]]))
+    inputs = [np.ascontiguousarray(test[k][:n]) for k in names]
+    reference = parity_reference(task, names)
+    max_diff = check_parity(path, reference, inputs, atol=float(cfg.export.atol), rtol=float(cfg.export.rtol))
     if log:
         import mlflow
 
-        mlflow.log_metric("export/onnx_max_abs_diff", float(max_diff))
+        mlflow.log_metric(keys.EXPORT_MAX_DIFF, float(max_diff))
         mlflow.log_artifact(str(path), "onnx")
     return path

@@ -2,8 +2,9 @@
 
 ``calolab evaluate run_id=...`` and ``calolab export run_id=...`` re-run a step of an
 earlier training. The run's ``config.yaml`` artifact is the resolved config it trained with,
-so the datamodule is rebuilt identically (same digest, usually a cache hit) and the net is
-rebuilt from it before the checkpoint's weights are loaded.
+so the datamodule is rebuilt identically (same digest, usually a cache hit) and the task is
+rebuilt from it before the checkpoint's weights are loaded (:meth:`~lightning_modules.task.Task.load_weights`,
+whatever nets the task holds).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class RunNotFoundError(CalolabError, LookupError):
 
 @dataclass
 class RestoredRun:
+    """A tracked training rebuilt: its config, its task (``model``) with the best weights, its data."""
+
     cfg: DictConfig
     model: object
     dm: object
@@ -36,7 +39,7 @@ def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
     from mlflow.exceptions import MlflowException
 
     from calolab.pipeline.samples import ensure_sample
-    from calolab.pipeline.train import build_data, build_model
+    from calolab.pipeline.train import build_data, build_task
 
     client = store.client()
     try:
@@ -58,7 +61,6 @@ def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
             raise RunNotFoundError(f"run {run_id} has no checkpoint artifact under checkpoints/")
         ensure_sample(OmegaConf.to_container(cfg.generate) if cfg.get("generate") else None)
         dm = build_data(cfg)
-        model = build_model(cfg, dm)
-        model = type(model).load_from_checkpoint(str(ckpts[0]), net=model.net, weights_only=False)
+        model = build_task(cfg, dm).load_weights(ckpts[0])
     experiment = client.get_experiment(run.info.experiment_id).name
     return RestoredRun(cfg=cfg, model=model, dm=dm, run_id=run_id, experiment=experiment)

@@ -1,10 +1,15 @@
-"""``calolab train``: compose -> sample -> data -> net -> fit -> evaluate -> export, all tracked.
+"""``calolab train``: compose -> sample -> data -> task -> fit -> evaluate -> export, all tracked.
 
+Generic over experiments: the data module, the task (:class:`~lightning_modules.task.Task`) and
+the evaluation all come from the config, and what depends on the kind of model lives in the task.
 One MLflow run per training (rank 0 only): the flattened resolved config as params, the full
-config as ``config.yaml``, tags for git commit, dataset digest and calolab version, per-epoch
-metrics through Lightning's MLflow logger, then the test metrics and plots, the best
+config as ``config.yaml``, tags for git commit, dataset digest, task kind and calolab version,
+per-epoch metrics through Lightning's MLflow logger, then the test metrics and plots, the best
 checkpoint, the PyTorch model and the ONNX model (logged only after its onnxruntime parity
 check passed). A failure anywhere ends the run FAILED with the reason recorded.
+
+Callers that need more from a training (a sweep trial: its own run class, a pruning callback,
+an objective) pass :class:`TrainingHooks`; the pipeline imports nothing from them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import calolab
+from calolab import keys
 from calolab.app import ROOT_DIR
 from calolab.errors import ConfigError
 from calolab.pipeline.evaluate import evaluate_model
@@ -28,6 +34,7 @@ from calolab.pipeline.samples import ensure_sample
 from calolab.tracking import TrackedRun, TrackingStore, flatten_config
 from calolab.tracking.git import git_state
 from calolab.tracking.params import to_plain
+from lightning_modules.task import Task
 
 
 def build_data(cfg: DictConfig):
@@ -38,72 +45,89 @@ def build_data(cfg: DictConfig):
     return dm
 
 
-def build_model(cfg: DictConfig, dm) -> pl.LightningModule:
-    """The LightningModule around a net whose input shapes come from the data."""
+def build_task(cfg: DictConfig, dm) -> Task:
+    """The task (``cfg.model``) around the net (``cfg.net``) whose input shapes come from the data."""
     net = instantiate(cfg.net, input_shapes=dm.input_shapes, _convert_="all")
-    return instantiate(cfg.model, net=net, _convert_="all")
+    task = instantiate(cfg.model, net=net, _convert_="all")
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"model must build a calolab task (lightning_modules.task.Task), but {cfg.model.get('_target_')} "
+            f"built {type(task).__name__}"
+        )
+    return task
 
 
-def run_tags(cfg: DictConfig, dm, experiment: str) -> dict[str, str]:
+class TrainingHooks:
+    """What a caller may add to a training; the defaults add nothing (a plain ``calolab train``).
+
+    A sweep trial (:class:`sweeps.trial.TrialHandle`) overrides all of it: its own run class (a
+    child run of the sweep), the pruning callback, pruning after fit, and the objective it returns.
+    """
+
+    run_class: type[TrackedRun] = TrackedRun
+    callbacks: tuple[pl.Callback, ...] = ()
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of :attr:`run_class`."""
+        return {}
+
+    def after_fit(self) -> None:
+        """Called once fitting ended, before evaluation (a pruned trial raises here)."""
+
+    def result(self, metrics: dict[str, float], task: Task) -> dict[str, Any]:
+        """Extra entries of the training's result (a trial: its ``objective``)."""
+        return {}
+
+
+def run_tags(cfg: DictConfig, dm, experiment: str, task: Task) -> dict[str, str]:
     tags = {
-        "calolab.version": calolab.__version__,
-        "calolab.experiment": experiment,
-        "dataset.digest": dm.digest,
-        "mlflow.source.name": "calolab train",
+        keys.VERSION_TAG: calolab.__version__,
+        keys.EXPERIMENT_TAG: experiment,
+        keys.DATASET_DIGEST_TAG: dm.digest,
+        keys.TASK_KIND_TAG: task.kind,
+        keys.MLFLOW_SOURCE_TAG: "calolab train",
         **git_state(ROOT_DIR),
     }
-    tags["mlflow.source.git.commit"] = tags["git.commit"]
+    tags[keys.MLFLOW_COMMIT_TAG] = tags[keys.GIT_COMMIT_TAG]
     return tags
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training as configured; return the run id and final metrics."""
+def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]:
+    """Run one training as configured; return the run id and final metrics (and the hooks' result)."""
+    hooks = hooks or TrainingHooks()
     experiment = cfg.get("experiment_name")
     if not experiment:
         raise ConfigError("experiment_name is not set: choose a preset, e.g. `calolab train experiment=photon_id`")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ensure_sample(OmegaConf.to_container(cfg.generate, resolve=True) if cfg.get("generate") else None)
     dm = build_data(cfg)
-    model = build_model(cfg, dm)
+    task = build_task(cfg, dm)
     store = TrackingStore.resolve(cfg.tracking.uri, cfg.paths.mlruns_dir)
-    trial = _sweep_trial(cfg)  # None unless this training is a sweep trial
-    run_cls, run_kw = (TrackedRun, {}) if trial is None else (trial.run_class, {"handle": trial})
-    with run_cls(store, experiment, run_name=cfg.get("run_name"), tags=run_tags(cfg, dm, experiment), **run_kw) as run:
+    tags = run_tags(cfg, dm, experiment, task)
+    with hooks.run_class(store, experiment, run_name=cfg.get("run_name"), tags=tags, **hooks.run_kwargs()) as run:
         import mlflow
 
         mlflow.log_params(flatten_config(cfg))
         mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
         mlflow.log_dict(dm.preprocessing_summary(), "data/preprocessing.json")
         with tempfile.TemporaryDirectory(prefix="calolab-train-") as tmp:
-            extra = [] if trial is None else [trial.callback]
-            trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=extra)
-            trainer.fit(model, datamodule=dm)
-            if trial is not None:
-                trial.raise_if_pruned()  # ends the run KILLED, tagged optuna.state=PRUNED
+            trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=list(hooks.callbacks))
+            trainer.fit(task, datamodule=dm)
+            hooks.after_fit()
             best = _best_checkpoint(trainer)
             if trainer.is_global_zero:
                 if best is not None:
-                    model = type(model).load_from_checkpoint(best, net=model.net, weights_only=False)
+                    task.load_weights(best)
                     mlflow.log_artifact(best, "checkpoints")
-                metrics = evaluate_model(cfg, model, dm, Path(tmp) / "evaluation")
-                onnx_path = export_model(cfg, model, dm, Path(tmp) / "onnx")
+                metrics = evaluate_model(cfg, task, dm, Path(tmp) / "evaluation")
+                onnx_path = export_model(cfg, task, dm, Path(tmp) / "onnx")
                 if cfg.tracking.log_models:
-                    _log_models(model, onnx_path)
+                    _log_models(task, onnx_path)
             else:  # pragma: no cover - other DDP ranks
                 metrics = {}
         result = {"run_id": run.run_id, "experiment": experiment, "tracking_uri": store.uri, "metrics": metrics}
-        if trial is not None:
-            result["objective"] = trial.objective(metrics, model)
+        result.update(hooks.result(metrics, task))
         return result
-
-
-def _sweep_trial(cfg: DictConfig):
-    """The Optuna trial this training runs as (``+sweep_trial.*`` overrides), or None."""
-    if not cfg.get("sweep_trial"):
-        return None
-    from sweeps.trial import attach_trial
-
-    return attach_trial(cfg)
 
 
 def build_trainer(
@@ -127,12 +151,12 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return path if path and os.path.exists(path) else None
 
 
-def _log_models(model: pl.LightningModule, onnx_path: Path) -> None:
-    """The net in the mlflow.pytorch flavor and the verified ONNX file in the mlflow.onnx flavor."""
+def _log_models(task: Task, onnx_path: Path) -> None:
+    """The task's inference module in the mlflow.pytorch flavor and the verified ONNX file in the mlflow.onnx flavor."""
     import mlflow
     import onnx
 
-    net = model.net.eval().cpu()
+    net = task.inference_module().eval().cpu()
     # pickle: the multi-input net is loadable wherever calolab is installed (MLflow's pt2 format
     # accepts only single-tensor signatures); ONNX is the framework-free deployment format
     with warnings.catch_warnings():  # MLflow's pyfunc type-hint inference on nn.Module.forward(*inputs)

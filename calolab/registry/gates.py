@@ -88,14 +88,18 @@ def metric_gate(
     return GateResult("metric", PASS if gain >= policy.min_improvement else FAIL, text)
 
 
-def parity_gate(onnx_path: Path, net, inputs: list[np.ndarray], policy: ParityPolicy) -> GateResult:
-    """onnxruntime vs PyTorch on the first ``policy.events`` test events."""
+def parity_gate(onnx_path: Path, reference, inputs: list[np.ndarray], policy: ParityPolicy) -> GateResult:
+    """onnxruntime vs PyTorch on the first ``policy.events`` test events.
+
+    ``reference`` is PyTorch's side as :func:`calolab.export.check_parity` takes it: the task's
+    ``predict`` on arrays (the promotion passes it) or its inference module.
+    """
     from calolab.export.onnx import check_parity
 
     n = min(policy.events, len(inputs[0]))
     arrays = [np.ascontiguousarray(a[:n]) for a in inputs]
     try:
-        diff = check_parity(onnx_path, net, arrays, atol=policy.atol, rtol=policy.rtol)
+        diff = check_parity(onnx_path, reference, arrays, atol=policy.atol, rtol=policy.rtol)
     except CalolabError as err:  # ExportError (mismatch) or InputFileError (unloadable file)
         return GateResult("parity", FAIL, str(err))
     return GateResult(

@@ -7,9 +7,10 @@ training metrics, marked ``*``.
 
 from __future__ import annotations
 
+from calolab import keys
 from calolab.registry.registration import TAG, registered_model, require_registered_model
 
-KEY_METRICS = ("test/auc", "test/rej50")
+KEY_METRICS = keys.REGISTRY_METRICS
 COLUMNS = ("model", "version", "aliases", "decision", *KEY_METRICS, "source run", "dataset digest")
 
 

@@ -22,21 +22,32 @@ MODES = ("max", "min")
 
 @dataclass(frozen=True)
 class ParityPolicy:
-    """ONNX parity gate: onnxruntime vs the restored PyTorch net on test events.
+    """ONNX parity gate: onnxruntime vs the restored task's ``predict`` on test events.
 
     Args:
-        atol, rtol: tolerances of ``np.allclose(onnx, torch)`` (see :func:`calolab.export.check_parity`).
+        atol, rtol: tolerances of ``np.allclose(onnx, torch)`` (see :func:`calolab.export.check_parity`);
+            None: the candidate run's own export tolerances (``export.atol``/``export.rtol`` of its
+            config), the ones its model was checked with when it was logged.
         events: at most this many test events are compared.
     """
 
-    atol: float
-    rtol: float
+    atol: float | None
+    rtol: float | None
     events: int
 
     def __post_init__(self) -> None:
-        check_number("registry.parity.atol", self.atol)
-        check_number("registry.parity.rtol", self.rtol)
+        for name in ("atol", "rtol"):
+            if getattr(self, name) is not None:
+                check_number(f"registry.parity.{name}", getattr(self, name))
         check_number("registry.parity.events", self.events, 1)
+
+    def with_defaults(self, export: Mapping) -> ParityPolicy:
+        """This policy with unset tolerances taken from a run's export config."""
+        return ParityPolicy(
+            atol=float(export["atol"]) if self.atol is None else self.atol,
+            rtol=float(export["rtol"]) if self.rtol is None else self.rtol,
+            events=self.events,
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from calolab.registry.errors import RegistryError
 from calolab.registry.lock import promotion_lock
 from calolab.registry.policy import GatePolicy
 from calolab.registry.registration import CHAMPION, TAG, aliases, find_or_register
-from calolab.registry.scoring import FrozenTestSet, Scores, frozen_test_set, score_net
+from calolab.registry.scoring import FrozenTestSet, Scores, frozen_test_set, score_task
 from calolab.registry.selection import Candidate, select_candidate
 from calolab.tracking import TrackingStore
 
@@ -58,6 +58,7 @@ def _champion_now(client, name: str) -> tuple[str, object] | None:
 
 def _score_champion(store: TrackingStore, version: str, mv, test: FrozenTestSet) -> _Champion:
     """Restore the champion's source run and score ``test`` (or its own test split when digests differ)."""
+    from calolab.pipeline.evaluate import build_evaluation
     from calolab.pipeline.restore import RunNotFoundError, restore_run
 
     digest = mv.tags.get(TAG + "dataset_digest", "")
@@ -66,7 +67,7 @@ def _score_champion(store: TrackingStore, version: str, mv, test: FrozenTestSet)
     except RunNotFoundError as err:
         raise RegistryError(f"cannot restore champion v{version} from its source run {mv.run_id}: {err}") from err
     own = test if digest == test.digest else frozen_test_set(restored.dm)
-    scores = score_net(restored.model.net, own, f"champion v{version} (run {mv.run_id})")
+    scores = score_task(restored.model, own, f"champion v{version} (run {mv.run_id})", build_evaluation(restored.cfg))
     return _Champion(version=version, run_id=mv.run_id, digest=digest, scores=scores)
 
 
@@ -106,6 +107,8 @@ def promote(
     """
     import mlflow
 
+    from calolab.pipeline.evaluate import build_evaluation
+    from calolab.pipeline.export import parity_reference
     from calolab.pipeline.restore import RunNotFoundError, restore_run
     from calolab.registry.report import log_report
 
@@ -130,12 +133,17 @@ def promote(
             f"to {restored.dm.digest[:16]}: the input files changed since it was trained"
         )
     test = frozen_test_set(restored.dm)
-    net = restored.model.net.cpu().eval()
-    cand = score_net(net, test, f"candidate run {candidate.run_id}")
+    task = restored.model.cpu().eval()
+    cand = score_task(task, test, f"candidate run {candidate.run_id}", build_evaluation(restored.cfg))
     with tempfile.TemporaryDirectory(prefix="calolab-promote-") as tmp:
         onnx_path = download_onnx(candidate, store, Path(tmp))
         early = [
-            G.parity_gate(onnx_path, net, [test.inputs[k] for k in test.input_names], policy.parity),
+            G.parity_gate(
+                onnx_path,
+                parity_reference(task, test.input_names),
+                [test.inputs[k] for k in test.input_names],
+                policy.parity.with_defaults(restored.cfg.export),
+            ),
             G.latency_gate(onnx_path, test.inputs, policy.latency),
             G.decorrelation_gate(test.label, cand.score, test.weight, test.aux, policy.decorrelation),
         ]

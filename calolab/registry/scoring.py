@@ -1,10 +1,11 @@
 """Re-evaluation of candidate and champion on one frozen test set, by the same code.
 
 The frozen test set is the test split of the candidate's datamodule, identified by its dataset
-digest (the split is deterministic by event number). Both nets score those identical events with
-:func:`calolab.pipeline.evaluate.predict_scores`, the function the training's evaluation uses,
-and the key metrics come from :mod:`calolab.evaluation.metrics`. This is the cheap path: no
-baselines, no binned efficiencies, no figures (the report draws one ROC overlay).
+digest (the split is deterministic by event number). Both tasks score those identical events with
+their own :meth:`~lightning_modules.task.Task.predict`, the inference path the training's
+evaluation uses, and the key metrics come from the run's configured evaluation
+(``key_metrics``). This is the cheap path: no baselines, no binned efficiencies, no figures (the
+report draws one ROC overlay).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calolab.errors import CalolabError
-from calolab.evaluation.metrics import auc, rejection_at_efficiency, roc_curve
+from calolab.evaluation.metrics import roc_curve
+from calolab.evaluation.report import ClassifierEvaluation
 
 #: Batch size of the scoring passes (as conf/evaluation/default.yaml).
 BATCH_SIZE = 4096
@@ -63,21 +65,11 @@ def frozen_test_set(dm) -> FrozenTestSet:
     )
 
 
-def key_metrics(label: np.ndarray, score: np.ndarray, weight: np.ndarray) -> dict[str, float]:
-    """``test/auc``, ``test/rej50``, ``test/rej80`` exactly as the training's evaluation computes them."""
-    return {
-        "test/auc": auc(label, score, weight),
-        "test/rej50": rejection_at_efficiency(label, score, 0.5, weight),
-        "test/rej80": rejection_at_efficiency(label, score, 0.8, weight),
-    }
-
-
-def score_net(net, test: FrozenTestSet, what: str) -> Scores:
-    """Score ``test`` with ``net`` (eval mode, sigmoid output) and compute the key metrics."""
-    from calolab.pipeline.evaluate import predict_scores
-
-    score = predict_scores(net, test.inputs, test.input_names, BATCH_SIZE)
+def score_task(task, test: FrozenTestSet, what: str, evaluation=None) -> Scores:
+    """Score ``test`` with ``task.predict`` and compute the key metrics of ``evaluation`` (default: a classifier's)."""
+    score = task.predict(test.inputs, test.input_names, BATCH_SIZE)["score"]
     bad = int((~np.isfinite(score)).sum())
     if bad:
         raise CalolabError(f"{what} produced {bad} non-finite scores on the test split (digest {test.digest})")
+    key_metrics = (evaluation or ClassifierEvaluation).key_metrics
     return Scores(score=score, metrics=key_metrics(test.label, score, test.weight), test=test)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from calolab import keys
 from calolab.errors import ConfigError, suggest
 from calolab.registry.errors import RegistryError
 from calolab.tracking import scrub_uri
@@ -20,7 +21,7 @@ from calolab.tracking import scrub_uri
 STUDY_TAG = "optuna.study_name"
 #: Tag calolab sets on its own bookkeeping runs (promotion reports); never a candidate.
 KIND_TAG = "calolab.kind"
-DIGEST_TAG = "dataset.digest"
+DIGEST_TAG = keys.DATASET_DIGEST_TAG
 ONNX_MODEL = "onnx"
 PYTORCH_MODEL = "pytorch"
 

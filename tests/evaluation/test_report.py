@@ -153,7 +153,7 @@ def test_without_shower_shapes_only_the_classifier_is_evaluated(tmp_path):
     test, score, _ = photon_toy(1500, seed=8, with_shapes=False)
     del test["aux"]["mu"]
     out = tmp_path / "not" / "yet"
-    result = evaluate_classifier(score=score, test=test, train=train, out_dir=out)
+    result = evaluate_classifier(score=score, test=test, train=train, out_dir=out, baselines=[])
     assert all(Path(p).parent == out for p in result.figures.values()) and (out / "evaluation.json").exists()
     assert {"test/auc", "test/rej50", "test/rej80"} <= set(result.metrics)
     assert not any("baseline" in k or "bdt" in k for k in result.metrics)

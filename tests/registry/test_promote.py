@@ -255,10 +255,12 @@ def test_parity_gate_catches_a_swapped_onnx_file(trained, tmp_path):
     restored = restore_run(trained.worst, trained.store)
     test = frozen_test_set(restored.dm)
     inputs = [test.inputs[k] for k in test.input_names]
-    result = G.parity_gate(onnx_of(trained.high, tmp_path / "other"), restored.model.net, inputs, policy().parity)
+    parity = policy().parity.with_defaults(restored.cfg.export)
+    module = restored.model.inference_module()
+    result = G.parity_gate(onnx_of(trained.high, tmp_path / "other"), module, inputs, parity)
     assert result.status == "fail" and "parity check failed" in result.detail
     own = onnx_of(trained.worst, tmp_path / "own")
-    assert G.parity_gate(own, restored.model.net, inputs, policy().parity).status == "pass"
+    assert G.parity_gate(own, module, inputs, parity).status == "pass"
     # latency gate on the same file: skipped by default, passes a generous ceiling, fails an impossible one
     lat = policy().latency
     assert G.latency_gate(own, test.inputs, lat).status == "skip"

@@ -1,0 +1,47 @@
+"""Names shared across calolab: MLflow tag names, metric keys and the headline metrics.
+
+Every module that writes or reads a tag or a metric key imports it from here, so that the
+training, the sweeps, the registry and the command line cannot drift apart (STYLE: "names and
+keys in one place"). Metric keys are ``stage/name`` (``val/auc``, ``test/rej50``).
+"""
+
+from __future__ import annotations
+
+# -- run tags ---------------------------------------------------------------------------------
+#: the reason a run ended FAILED or KILLED (the traceback is the artifact ``error.txt``)
+ERROR_TAG = "calolab.error"
+#: calolab's version, the preset and the dataset digest of a training run
+VERSION_TAG = "calolab.version"
+EXPERIMENT_TAG = "calolab.experiment"
+DATASET_DIGEST_TAG = "dataset.digest"
+#: the commit and whether the work tree was dirty (MLflow's own commit tag is set too)
+GIT_COMMIT_TAG = "git.commit"
+GIT_DIRTY_TAG = "git.dirty"
+MLFLOW_COMMIT_TAG = "mlflow.source.git.commit"
+MLFLOW_SOURCE_TAG = "mlflow.source.name"
+#: what kind of model a run trained (the task's ``kind``: classifier, regression, gan, ...)
+TASK_KIND_TAG = "calolab.task"
+
+# -- metric keys ------------------------------------------------------------------------------
+TRAIN_LOSS = "train/loss"
+VAL_LOSS = "val/loss"
+#: the figure of merit of classifiers: the event-weighted AUC, the same definition on the
+#: validation split (checkpoints, early stopping, pruning) and on the test split (promotion)
+VAL_AUC = "val/auc"
+VAL_AUC_UNWEIGHTED = "val/auc_unweighted"
+TEST_AUC = "test/auc"
+TEST_REJ50 = "test/rej50"
+TEST_REJ80 = "test/rej80"
+EXPORT_MAX_DIFF = "export/onnx_max_abs_diff"
+
+#: the metrics printed at the end of a training and listed by ``calolab registry``, when present
+HEADLINE_METRICS: tuple[str, ...] = (
+    TEST_AUC,
+    TEST_REJ50,
+    TEST_REJ80,
+    "test/eff_at_baseline_rej",
+    "test/baseline_eff",
+    "test/baseline_rej",
+)
+#: the registry listing's columns (a subset of the headline metrics)
+REGISTRY_METRICS: tuple[str, ...] = (TEST_AUC, TEST_REJ50)
