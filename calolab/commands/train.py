@@ -1,4 +1,5 @@
-"""``calolab train``: one tracked training (``-m`` for sweeps); prints the run and its metrics."""
+"""``calolab train``: one tracked training (``-m`` for sweeps); prints the run, its metrics and
+how to open the MLflow UI on the store the run went to."""
 
 from __future__ import annotations
 
@@ -25,12 +26,30 @@ def main(cfg: DictConfig) -> float | list[float] | None:
         return run_trial(train, cfg)
     result = train(cfg)
     m = result["metrics"]
-    print(f"\nrun {result['run_id']} (experiment {result['experiment']}) in {result['tracking_uri']}")
+    heading, hint = run_report(cfg, result)
+    print(heading)
     for key in KEY_METRICS:
         if key in m:
             print(f"  {key:<28} {m[key]:.4g}")
-    print("open the MLflow UI with: make ui   (then http://127.0.0.1:5000)")
+    print(hint)
     return m.get("test/auc")
+
+
+def run_report(cfg: DictConfig, result: dict) -> tuple[str, str]:
+    """The run's heading (name, id, experiment, store without credentials) and the command or
+    address that opens the MLflow UI on the store the run went to."""
+    from calolab.tracking import TrackingStore, scrub_uri, ui_hint
+
+    run_id = result["run_id"]
+    store = TrackingStore.resolve(result["tracking_uri"], cfg.paths.mlruns_dir)
+    try:
+        info = store.client().get_run(run_id).info
+    except Exception:  # the report is a courtesy: never fail a finished training over it
+        info = None
+    label = f"{info.run_name} ({run_id})" if info is not None and info.run_name else run_id
+    heading = f"\nrun {label}, experiment {result['experiment']}, in {scrub_uri(store.uri)}"
+    hint = ui_hint(store, experiment_id=info.experiment_id if info else None, run_id=run_id)
+    return heading, hint
 
 
 if __name__ == "__main__":

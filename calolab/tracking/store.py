@@ -4,7 +4,9 @@ The default is MLflow on SQLite inside ``mlruns/`` (metadata ``mlruns/mlflow.db`
 under ``mlruns/artifacts/<experiment>``), set explicitly rather than left to MLflow's own
 defaults, which depend on the working directory. ``tracking.uri=`` or ``MLFLOW_TRACKING_URI``
 points calolab at a shared server (``mlflow server`` backed by PostgreSQL) instead; the server
-then decides where artifacts go.
+then decides where artifacts go. Experiments are tagged as training experiments
+(``mlflow.experimentKind=custom_model_development``), so that MLflow 3's UI opens its runs
+view rather than the GenAI one, and carry their preset's description.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calolab.errors import ConfigError
+from calolab.tracking.tags import EXPERIMENT_KIND_TAG, NOTE_TAG, TRAINING_EXPERIMENT_KIND
 
 
 @dataclass(frozen=True)
@@ -58,19 +61,32 @@ class TrackingStore:
 
         return MlflowClient(tracking_uri=self.uri)
 
-    def experiment_id(self, name: str) -> str:
-        """The id of experiment ``name``, created (with this store's artifact root) if new."""
+    def experiment_id(self, name: str, description: str | None = None) -> str:
+        """The id of experiment ``name``, created (with this store's artifact root) if new.
+
+        The experiment is tagged as a training experiment (``mlflow.experimentKind``, which
+        decides the page MLflow 3's UI opens) and, when ``description`` is given, described
+        by it (``mlflow.note.content``). An existing experiment (e.g. made by an older
+        calolab) gets the kind tag and the description when it has none; tags a user set are
+        never overwritten.
+        """
         client = self.client()
         exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        location = f"{self.artifact_root}/{name}" if self.artifact_root else None
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except Exception:  # created concurrently by another worker
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp is None:
+            location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+            tags = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND}
+            if description:
+                tags[NOTE_TAG] = description
+            try:
+                return client.create_experiment(name, artifact_location=location, tags=tags)
+            except Exception:  # created concurrently by another worker
+                exp = client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        missing = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND, NOTE_TAG: description}
+        for key, value in missing.items():
+            if value and not exp.tags.get(key):
+                client.set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
