@@ -34,6 +34,10 @@ from calolab.errors import CalolabError, ConfigError, InputFileError, KeyInFileE
 INPUT_KEYS = ("branch", "shape", "eta_index", "phi_index")
 #: entries read per chunk by :meth:`TreeReader.iter_images` (bounds memory for big files)
 STEP_SIZE = "128 MB"
+#: bytes read from the start of a file for its identity (uproot's default first chunk)
+HEADER_BYTES = 403
+#: the largest TFile header (64-bit seek pointers), which uproot needs in its first chunk
+TFILE_HEADER_BYTES = 75
 
 T = TypeVar("T")
 
@@ -139,15 +143,38 @@ def expand_files(patterns: str | Sequence[str]) -> list[str]:
 
 
 def file_identity(paths: Sequence[str]) -> list[list]:
-    """``[path, size, mtime_ns]`` per file: what makes a cache built from them stale."""
+    """``[uuid, size]`` per ROOT file, sorted: what a cache built from the files depends on.
+
+    The identity is the files' content, not where they are: the UUID that ROOT writes into
+    each file's header when the file is created (a copy keeps it; a new file gets a new one)
+    and the size in bytes (a file updated in place keeps its UUID but grows). Paths and
+    modification times are left out, so copying the ntuples to node-local scratch keeps the
+    digest, the cache and the registry's dataset check; sorting makes the order of the files
+    irrelevant. Only the header (a few hundred bytes) is read, never the trees.
+
+    Raises:
+        InputFileError: naming the file, when it cannot be read or is not a ROOT file.
+    """
     out = []
     for path in paths:
         try:
-            st = os.stat(path)
+            size = os.stat(path).st_size
         except OSError as err:
             raise InputFileError(f"cannot stat input file {path}: {err.strerror or err}") from err
-        out.append([path, st.st_size, st.st_mtime_ns])
-    return out
+        if size < TFILE_HEADER_BYTES:
+            raise InputFileError(
+                f"{path} is not a ROOT file: expected at least the {TFILE_HEADER_BYTES}-byte TFile header, but it has {size} bytes"
+            )
+        try:
+            with uproot.reading.ReadOnlyFile(path, begin_chunk_size=min(HEADER_BYTES, size)) as header:
+                out.append([header.hex_uuid, size])
+        except MemoryError:
+            raise
+        except Exception as err:  # ValueError for a wrong magic number, OSError for I/O errors, ...
+            raise InputFileError(
+                f"cannot read {path} as a ROOT file ({size} bytes): {_describe(err)}; expected a ROOT file with a TFile header"
+            ) from err
+    return sorted(out)
 
 
 def _describe(err: BaseException) -> str:
