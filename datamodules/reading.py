@@ -1,15 +1,17 @@
-"""Reading calorimeter ntuples with uproot: files, tree, branch map, cell images, selection.
+"""Reading ntuples with uproot: files, tree, branch map, cell images, jagged lists, selection.
 
 This module turns the data config's ``files``/``tree``/``inputs``/``selection`` into numpy
 arrays, in two passes per file so that every problem is found before the heavy reading starts
 and the heavy reading writes straight into the cache. :meth:`TreeReader.scan` opens a file,
 checks the tree and every configured branch (names, one-number-per-event scalars, fixed-size
-cell shapes, jagged cell branches), evaluates the selection and returns the selected events'
-scalars (event number, label, weight, aux), checked for NaN/inf and labels outside {0, 1}.
-:meth:`TreeReader.iter_images` then reads the cell branches with ``cut=selection`` in chunks
-and yields one ``(n, eta, phi)`` float32 image per input, building jagged inputs (a list of
-cell energies plus integer eta/phi indices within the window) into the same images. Every
-failure raises one :class:`~calolab.errors.CalolabError` that names the file, tree and branch.
+cell shapes, jagged cell branches, jagged lists such as jet constituents), evaluates the
+selection and returns the selected events' scalars (event number, label, weight, aux), checked
+for NaN/inf and labels outside {0, 1}. :meth:`TreeReader.iter_images` then reads the cell
+branches with ``cut=selection`` in chunks and yields one ``(n, eta, phi)`` float32 image per
+input, building jagged inputs (a list of cell energies plus integer eta/phi indices within the
+window) into the same images; :meth:`TreeReader.iter_chunks` yields any branches' raw chunks
+the same way (the jet datamodule builds its images from them). Every failure raises one
+:class:`~calolab.errors.CalolabError` that names the file, tree and branch.
 """
 
 from __future__ import annotations
@@ -255,7 +257,10 @@ class TreeReader:
         weight: an optional per-event weight branch.
         scalars: other per-event branches to keep (aux, reweighting variables).
         selection: an uproot expression selecting events (``"ph_pt > 25000"``), or None.
-        step_size: uproot ``step_size`` of the chunked image reading.
+        step_size: uproot ``step_size`` of the chunked image reading (bytes as ``"128 MB"``,
+            or entries as an int).
+        lists: jagged branches holding a list of numbers per event (jet constituents), checked
+            by :meth:`scan` and read by :meth:`iter_chunks`.
     """
 
     tree: str
@@ -266,6 +271,7 @@ class TreeReader:
     scalars: tuple[str, ...] = ()
     selection: str | None = None
     step_size: str | int = STEP_SIZE
+    lists: tuple[str, ...] = ()
     _kept: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -292,9 +298,19 @@ class TreeReader:
     def _check_branches(self, tree: uproot.TTree, path: str) -> None:
         names = tree.keys()
         present = set(names)
-        for branch in (*self._kept, *(b for spec in self.inputs for b in spec.branches)):
+        for branch in (*self._kept, *(b for spec in self.inputs for b in spec.branches), *self.lists):
             if branch not in present:
                 raise KeyInFileError(branch, file=path, where=self.tree, available=names)
+        for branch in self.lists:
+            interp = tree[branch].interpretation
+            if (
+                not isinstance(interp, uproot.AsJagged)
+                or not isinstance(interp.content, uproot.AsDtype)
+                or interp.content.inner_shape != ()
+            ):
+                raise InputFileError(
+                    f"branch {branch!r} of {path}:{self.tree} must hold a list of numbers per event, but holds {interp}"
+                )
         for branch in self._kept:
             interp = tree[branch].interpretation
             if not isinstance(interp, uproot.AsDtype) or interp.inner_shape != ():
@@ -371,6 +387,24 @@ class TreeReader:
         return out
 
     # -- pass 2 ------------------------------------------------------------------------------
+    def iter_chunks(self, path: str, branches: Sequence[str], library: str = "ak") -> Iterator[dict]:
+        """Yield chunks of the selected events' ``branches``: branch -> array (``library``'s kind).
+
+        Call after :meth:`scan` has accepted the file; the chunks together hold the events
+        :meth:`scan` returned, in the same order. uproot errors while reading become one
+        :class:`~calolab.errors.InputFileError` naming the file.
+        """
+        kwargs = {"cut": self.selection, "step_size": self.step_size}
+        with _uproot_errors(path, self.tree, "opening it"), uproot.open(path) as file:
+            tree = self._open_tree(file)
+            chunks = tree.iterate(filter_name=list(dict.fromkeys(branches)), library=library, **kwargs)
+            while True:
+                with _uproot_errors(path, self.tree, f"reading branches {', '.join(dict.fromkeys(branches))}"):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+
     def iter_images(self, path: str) -> Iterator[dict[str, np.ndarray]]:
         """Yield chunks of the selected events' images: input name -> (n, eta, phi) float32.
 
@@ -381,26 +415,18 @@ class TreeReader:
         """
         fixed = [s for s in self.inputs if not s.jagged]
         jagged = [s for s in self.inputs if s.jagged]
-        kwargs = {"cut": self.selection, "step_size": self.step_size}
-        with _uproot_errors(path, self.tree, "opening it"), uproot.open(path) as file:
-            tree = self._open_tree(file)
-            names = [b for s in fixed for b in s.branches] + [b for s in jagged for b in s.branches]
-            library = "ak" if jagged else "np"
-            chunks = tree.iterate(filter_name=list(dict.fromkeys(names)), library=library, **kwargs)
-            while True:
-                with _uproot_errors(path, self.tree, "reading cell branches"):
-                    chunk = next(chunks, None)
-                if chunk is None:
-                    return
-                out = {}
-                for spec in fixed:
-                    arr = chunk[spec.branch]
-                    arr = ak.to_numpy(arr) if library == "ak" else arr
-                    ours = arr.dtype == np.float32 and arr.flags.writeable and arr.flags.c_contiguous
-                    out[spec.name] = arr if ours else np.array(arr, dtype=np.float32)  # callers scale it in place
-                for spec in jagged:
-                    out[spec.name] = self._build_image(spec, chunk, path)
-                yield out
+        names = [b for s in fixed for b in s.branches] + [b for s in jagged for b in s.branches]
+        library = "ak" if jagged else "np"
+        for chunk in self.iter_chunks(path, names, library):
+            out = {}
+            for spec in fixed:
+                arr = chunk[spec.branch]
+                arr = ak.to_numpy(arr) if library == "ak" else arr
+                ours = arr.dtype == np.float32 and arr.flags.writeable and arr.flags.c_contiguous
+                out[spec.name] = arr if ours else np.array(arr, dtype=np.float32)  # callers scale it in place
+            for spec in jagged:
+                out[spec.name] = self._build_image(spec, chunk, path)
+            yield out
 
     def _build_image(self, spec: InputSpec, chunk, path: str) -> np.ndarray:
         """Scatter a jagged cell list (energy, eta index, phi index) into (n, eta, phi) images."""

@@ -9,7 +9,7 @@ import pytest
 import uproot
 
 from datamodules.reading import TreeReader
-from tests.datamodules import make_dm, write_sample
+from tests.datamodules import make_dm, photon_events, write_sample, write_tree
 
 SPLITS = ("train", "val", "test")
 
@@ -74,18 +74,24 @@ def test_setup_builds_a_missing_cache(tmp_path, scans):
 
 
 def test_input_file_change_invalidates(tmp_path, scans):
+    """The identity is the files' content (ROOT UUID, size): a rewrite invalidates, a touch not."""
     files = write_sample(tmp_path / "data")
     dm = make_dm(tmp_path)
     dm.prepare_data()
     st = os.stat(files[1])
     os.utime(files[1], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     touched = make_dm(tmp_path)
-    assert touched.digest != dm.digest
+    assert touched.digest == dm.digest
     touched.prepare_data()
+    assert len(scans) == 2  # the cache was used
+    write_tree(files[1], photon_events(200, first=200, seed=1))  # the same events, a new file
+    rewritten = make_dm(tmp_path)
+    assert rewritten.digest != dm.digest
+    rewritten.prepare_data()
     assert len(scans) == 4
     write_sample(tmp_path / "data", n_files=3)  # a new file matching the glob
     grown = make_dm(tmp_path)
-    assert grown.digest not in (dm.digest, touched.digest)
+    assert grown.digest not in (dm.digest, rewritten.digest)
 
 
 @pytest.mark.parametrize(
