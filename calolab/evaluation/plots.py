@@ -228,10 +228,10 @@ def plot_average_images(
         )
         for ax, image, label in ((axes[0], sig, class_names[0]), (axes[1], bkg, class_names[1])):
             ax.pcolormesh(xs, ys, np.ma.masked_less_equal(image.T, 0), norm=norm, cmap="viridis")
-            ax.set_title(f"{label} (average)", fontsize="small")
+            ax.text(0.04, 0.04, f"{label} (average)", transform=ax.transAxes, fontsize="small")
         vmax = max(float(np.abs(diff).max()), 1e-12)
         mesh = axes[2].pcolormesh(xs, ys, diff.T, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        axes[2].set_title(f"{class_names[0]} - {class_names[1]}", fontsize="small")
+        axes[2].text(0.04, 0.04, f"{class_names[0]} - {class_names[1]}", transform=axes[2].transAxes, fontsize="small")
         for ax in axes[:3]:
             ax.set_xlabel(r"$\eta$ pixel")
         axes[0].set_ylabel(r"$\phi$ pixel")

@@ -226,7 +226,8 @@ class ClassifierEvaluation:
         binned: figure name -> ``{variable, label, scale, absolute, bins}`` (:class:`Binning`):
             signal and background efficiency of the working points in bins of an aux variable.
         working_point: name of the baseline whose working point the net is compared at (its
-            rejection); None takes the first baseline that has a working point.
+            rejection); None takes the first baseline whose fit gave a working point (``passes``
+            not None), if any.
         class_names: legend names of signal and background.
         correlation_maps: per-pixel correlation of each input image (each channel) with the output.
         average_images: average signal and background image of each input (each channel) and
@@ -249,13 +250,12 @@ class ClassifierEvaluation:
         if len(set(names)) != len(names):
             raise ConfigError(f"evaluation.baselines must have unique names, but got {names}")
         self.binned = [Binning.from_config(k, v) for k, v in (binned or {}).items() if v is not None]
-        with_wp = [b.name for b in self.baselines if _has(b, "passes")]
-        if working_point is not None and working_point not in with_wp:
+        if working_point is not None and working_point not in names:
             raise ConfigError(
-                f"evaluation.working_point must name a baseline with a working point {with_wp}, "
-                f"but got {working_point!r}{suggest(str(working_point), with_wp)}"
+                f"evaluation.working_point must name one of the baselines {names}, "
+                f"but got {working_point!r}{suggest(str(working_point), names)}"
             )
-        self.working_point = working_point if working_point is not None else (with_wp[0] if with_wp else None)
+        self.working_point = working_point
         if len(class_names) != 2:
             raise ConfigError(f"evaluation.class_names must be [signal, background], but got {list(class_names)}")
         self.class_names = (str(class_names[0]), str(class_names[1]))
@@ -363,10 +363,10 @@ class ClassifierEvaluation:
         for b in self.baselines:
             b.fit(aux_train, y_train, w_train)
             described[b.name] = {"label": b.label, **_describe(b)}
-            bs = b.score(aux_test) if _has(b, "score") else None
+            bs = b.score(aux_test)
             if bs is not None:
                 scores[b.name] = np.asarray(bs, dtype=np.float64)
-            bp = b.passes(aux_test) if _has(b, "passes") else None
+            bp = b.passes(aux_test)
             if bp is not None:
                 passes[b.name] = np.asarray(bp, dtype=bool)
         if not self.baselines:
@@ -387,7 +387,11 @@ class ClassifierEvaluation:
             )
             scores[name] = ranked
 
-        wp = self.working_point
+        wp = self.working_point if self.working_point is not None else next(iter(passes), None)
+        if wp is not None and wp not in passes:
+            raise ConfigError(
+                f"evaluation.working_point {wp!r}: that baseline has no working point (passes() gave None)"
+            )
         if wp is not None:
             base_pass = passes[wp]
             base_eff = _weighted_eff(base_pass, y, w)
@@ -399,7 +403,8 @@ class ClassifierEvaluation:
             if base_eff > 0:  # left out when the cuts keep no test signal (no ratio to take)
                 m[f"test/rel_eff_gain_at_{wp}_rej"] = net_eff / base_eff - 1.0
             for name, bs in scores.items():
-                m[f"test/{name}_eff_at_{wp}_rej"] = efficiency_at_rejection(y, bs, base_rej, w)[0]
+                if name != wp:  # the reference's own efficiency is test/<wp>_eff
+                    m[f"test/{name}_eff_at_{wp}_rej"] = efficiency_at_rejection(y, bs, base_rej, w)[0]
             described[wp]["classifier_threshold_at_rejection"] = net_thr
             label = self._baseline(wp).label
             roc_points.append({"name": label, "eff_sig": base_eff, "rejection": base_rej})
@@ -475,11 +480,6 @@ class ClassifierEvaluation:
                 out_dir / f"eff_vs_{key}.png", shown, xlabel=spec.label, title=title, n_events=n
             )
         return binned
-
-
-def _has(baseline: Any, method: str) -> bool:
-    """Whether a baseline provides ``score`` or ``passes`` (a method that may return None)."""
-    return callable(getattr(baseline, method, None))
 
 
 def _channels(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

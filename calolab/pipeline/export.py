@@ -45,6 +45,8 @@ def export_model(cfg: DictConfig, task, dm, out_dir: Path, log: bool = True) -> 
         "normalisation": json.dumps(summary.get("normalisation")),
         "task": task.kind,
     }
+    if summary.get("standardisation") is not None:  # per-pixel means/stds the inputs must be standardised with
+        metadata["standardisation"] = json.dumps(summary["standardisation"])
     task = task.cpu().eval()
     names = list(dm.input_names)
     path = export_onnx(
