@@ -6,16 +6,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from calolab.app import hydra_app
+from calolab.keys import HEADLINE_METRICS, TEST_AUC
 from calolab.pipeline.train import train
-
-KEY_METRICS = (
-    "test/auc",
-    "test/rej50",
-    "test/rej80",
-    "test/eff_at_baseline_rej",
-    "test/baseline_eff",
-    "test/baseline_rej",
-)
 
 
 @hydra_app("train", "train")
@@ -28,11 +20,11 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     m = result["metrics"]
     heading, hint = run_report(cfg, result)
     print(heading)
-    for key in KEY_METRICS:
+    for key in HEADLINE_METRICS:
         if key in m:
             print(f"  {key:<28} {m[key]:.4g}")
     print(hint)
-    return m.get("test/auc")
+    return m.get(TEST_AUC)
 
 
 def run_report(cfg: DictConfig, result: dict) -> tuple[str, str]:
