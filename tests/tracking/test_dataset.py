@@ -38,10 +38,11 @@ def test_dataset_input_has_name_digest_source_schema_and_counts(store, experimen
     ds = inp.dataset
     assert ds.name == "photons" and ds.digest == dm.digest[:DIGEST_LENGTH]
     assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
-    assert ds.source_type == "local"
+    assert ds.source_type == "local" and json.loads(ds.source) == {"uri": str(root / "data")}
     schema = json.loads(ds.schema)["mlflow_colspec"]
     names = [c["name"] for c in schema]
     assert names[:6] == ["EMB1", "EMB2", "EMB3", "TileBar0", "label", "weight"]
+    assert {"aux.ph_pt", "aux.event_number"} <= set(names[6:])
     assert schema[1]["tensor-spec"] == {"dtype": "float32", "shape": [-1, 1, 7, 11]}
     profile = json.loads(ds.profile)
     expected = {s: len(dm.arrays(s)) for s in ("train", "val", "test")}
