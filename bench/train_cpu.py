@@ -51,7 +51,7 @@ from ingest import make_sample  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from calolab.app import compose_config  # noqa: E402
-from calolab.pipeline.train import build_data, build_model, build_trainer  # noqa: E402
+from calolab.pipeline.train import build_data, build_task, build_trainer  # noqa: E402
 from calolab.tracking import TrackedRun, TrackingStore  # noqa: E402
 
 TARGET_RATIO = 0.85
@@ -135,7 +135,7 @@ def hand_written(cfg: DictConfig, dm, tensors: list[torch.Tensor], batch_size: i
 def platform(cfg: DictConfig, dm, store: TrackingStore | None, workdir: Path) -> list[float]:
     """Images/s of each epoch of ``trainer.fit`` as ``calolab train`` runs it (MLflow on when ``store``)."""
     torch.manual_seed(SEED)
-    model = build_model(cfg, dm)
+    model = build_task(cfg, dm)
     timer = EpochTimer()
     if store is None:
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[timer], default_root_dir=str(workdir))

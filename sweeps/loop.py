@@ -29,8 +29,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat API has no public base class
 from optuna.trial import TrialState
 
+from calolab import keys
 from calolab.errors import ConfigError
 from calolab.tracking import TrackingStore
+from calolab.tracking.hydra_job import multirun_tags
 from sweeps.errors import SweepError
 from sweeps.pruners import make_pruner
 from sweeps.report import PARENT_ATTR, ParentRun, close_dead_runs
@@ -300,7 +302,9 @@ def run_sweep(
             trial.user_attrs["fail_reason"],
         )
     close_dead_runs(store.client(), recovered)
-    parent = ParentRun(store, str(config.experiment_name), study, spec)
+    # the sweep directory every trial run is tagged with (keys.MULTIRUN_TAG), on the parent run too
+    sweep_tags = {k: v for k, v in multirun_tags(config.hydra).items() if k == keys.MULTIRUN_TAG}
+    parent = ParentRun(store, str(config.experiment_name), study, spec, tags=sweep_tags)
     worker = this_process()
     log.info(
         "study %s in %s: %d trial(s), parent run %s", study.study_name, redact(spec), settings.n_trials, parent.run_id

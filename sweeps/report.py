@@ -30,7 +30,14 @@ PARENT_ATTR = "calolab.parent_run_id"  # a trial's user attribute: its worker's 
 class ParentRun:
     """The parent MLflow run of one worker's part of a study."""
 
-    def __init__(self, store: TrackingStore, experiment: str, study: optuna.Study, storage_spec: str):
+    def __init__(
+        self,
+        store: TrackingStore,
+        experiment: str,
+        study: optuna.Study,
+        storage_spec: str,
+        tags: dict[str, str] | None = None,
+    ):
         self.client: MlflowClient = store.client()
         worker = this_process()
         run = self.client.create_run(
@@ -41,6 +48,7 @@ class ParentRun:
                 "optuna.storage": redact(storage_spec),
                 "calolab.sweep.worker": worker,
                 "mlflow.source.name": "calolab train -m",
+                **(tags or {}),
             },
         )
         self.run_id = run.info.run_id

@@ -14,9 +14,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from calolab.app import compose_config
-from calolab.pipeline.samples import ensure_sample
-from calolab.pipeline.train import build_data
-from calolab.tracking.tags import (
+from calolab.keys import (
     EXPERIMENT_KIND_TAG,
     MULTIRUN_JOB_TAG,
     MULTIRUN_TAG,
@@ -24,6 +22,8 @@ from calolab.tracking.tags import (
     REEVALUATION_ERROR_TAG,
     TRAINING_EXPERIMENT_KIND,
 )
+from calolab.pipeline.samples import ensure_sample
+from calolab.pipeline.train import build_data
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -20,11 +20,18 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     m = result["metrics"]
     heading, hint = run_report(cfg, result)
     print(heading)
-    for key in HEADLINE_METRICS:
-        if key in m:
-            print(f"  {key:<28} {m[key]:.4g}")
+    for key in headline(m):
+        print(f"  {key:<36} {m[key]:.4g}")
     print(hint)
     return m.get(TEST_AUC)
+
+
+def headline(metrics: dict[str, float]) -> list[str]:
+    """The metrics worth a line: the headline ones, the net at the baseline's working point, each baseline's AUC."""
+    shown = [k for k in HEADLINE_METRICS if k in metrics]
+    shown += sorted(k for k in metrics if k.startswith("test/eff_at_") and k not in shown)
+    shown += sorted(k for k in metrics if k.startswith("test/") and k.endswith("_auc") and k not in shown)
+    return shown
 
 
 def run_report(cfg: DictConfig, result: dict) -> tuple[str, str]:

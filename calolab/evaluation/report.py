@@ -375,8 +375,7 @@ class ClassifierEvaluation:
         for name, bs in scores.items():
             b = self._baseline(name)
             finite = np.isfinite(bs)
-            # a score of -inf marks events the baseline rejects outright (e.g. outside a mass window)
-            ranked = np.where(finite, bs, np.nanmin(bs[finite]) - 1.0 if finite.any() else 0.0)
+            ranked = rankable(bs)
             m[f"test/{name}_auc"] = auc(y, ranked, w)
             m[f"test/{name}_rej50"] = rejection_at_efficiency(y, ranked, 0.5, w)
             m[f"test/{name}_rej80"] = rejection_at_efficiency(y, ranked, 0.8, w)
@@ -480,6 +479,14 @@ class ClassifierEvaluation:
                 out_dir / f"eff_vs_{key}.png", shown, xlabel=spec.label, title=title, n_events=n
             )
         return binned
+
+
+def rankable(score: np.ndarray) -> np.ndarray:
+    """A baseline's score with -inf (events it rejects outright, e.g. outside a mass window) put
+    just below its lowest finite value, so that ROC read-outs, which need finite scores, rank them last."""
+    score = np.asarray(score, dtype=np.float64)
+    finite = np.isfinite(score)
+    return np.where(finite, score, score[finite].min() - 1.0 if finite.any() else 0.0)
 
 
 def _channels(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

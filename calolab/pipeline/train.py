@@ -31,7 +31,7 @@ from calolab.errors import ConfigError
 from calolab.pipeline.evaluate import evaluate_model
 from calolab.pipeline.export import export_model
 from calolab.pipeline.samples import ensure_sample
-from calolab.tracking import TrackedRun, TrackingStore, flatten_config
+from calolab.tracking import TrackedRun, TrackingStore, flatten_config, log_dataset_input
 from calolab.tracking.git import git_state
 from calolab.tracking.params import to_plain
 from lightning_modules.task import Task
@@ -104,12 +104,15 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
     task = build_task(cfg, dm)
     store = TrackingStore.resolve(cfg.tracking.uri, cfg.paths.mlruns_dir)
     tags = run_tags(cfg, dm, experiment, task)
-    with hooks.run_class(store, experiment, run_name=cfg.get("run_name"), tags=tags, **hooks.run_kwargs()) as run:
+    run_kwargs = {"run_name": cfg.get("run_name"), "tags": tags, "description": cfg.get("experiment_description")}
+    with hooks.run_class(store, experiment, **run_kwargs, **hooks.run_kwargs()) as run:
         import mlflow
 
         mlflow.log_params(flatten_config(cfg))
         mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
-        mlflow.log_dict(dm.preprocessing_summary(), "data/preprocessing.json")
+        summary = dm.preprocessing_summary()
+        mlflow.log_dict(summary, "data/preprocessing.json")
+        log_dataset_input(summary, name=experiment)
         with tempfile.TemporaryDirectory(prefix="calolab-train-") as tmp:
             trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=list(hooks.callbacks))
             trainer.fit(task, datamodule=dm)

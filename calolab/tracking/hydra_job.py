@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from calolab.tracking.tags import MULTIRUN_JOB_TAG, MULTIRUN_TAG
+from calolab.keys import MULTIRUN_JOB_TAG, MULTIRUN_TAG
 
 
 def current_hydra() -> DictConfig | None:

@@ -27,16 +27,16 @@ from typing import Any
 import mlflow
 
 from calolab.errors import CalolabError
-from calolab.tracking.hydra_job import multirun_tags
-from calolab.tracking.naming import run_name as default_run_name
-from calolab.tracking.params import scrub_uri
-from calolab.tracking.store import TrackingStore
-from calolab.tracking.tags import (
+from calolab.keys import (
     ERROR_TAG,
     REEVALUATION_ERROR_ARTIFACT,
     REEVALUATION_ERROR_TAG,
     REOPENED_STATUS_TAG,
 )
+from calolab.tracking.hydra_job import multirun_tags
+from calolab.tracking.naming import run_name as default_run_name
+from calolab.tracking.params import scrub_uri
+from calolab.tracking.store import TrackingStore
 
 __all__ = ["ERROR_TAG", "RunNotFoundError", "TrackedRun"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calolab.errors import ConfigError
-from calolab.tracking.tags import EXPERIMENT_KIND_TAG, NOTE_TAG, TRAINING_EXPERIMENT_KIND
+from calolab.keys import EXPERIMENT_KIND_TAG, NOTE_TAG, TRAINING_EXPERIMENT_KIND
 
 
 @dataclass(frozen=True)

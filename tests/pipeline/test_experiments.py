@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from calolab.app import compose_config
 from calolab.pipeline.train import train
+from calolab.tracking.params import flatten_config
 from tests.conftest import run_cli
 
 #: jets per smoke sample: enough for both classes in every split and a mass-window fit
@@ -51,11 +52,22 @@ def overrides(preset: str, store) -> list[str]:
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_preset_trains_evaluates_exports_and_promotes(preset, jet_store, tmp_path):
     baselines, working_point, shape = PRESETS[preset]
-    result = train(compose_config("train", overrides(preset, jet_store)))
+    cfg = compose_config("train", overrides(preset, jet_store))
+    result = train(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{jet_store['db']}")
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
-    assert client.get_experiment(run.info.experiment_id).name == preset
+    # one set of params: the flattened config, nothing logged a second time under another name
+    assert set(run.data.params) == set(flatten_config(cfg))
+    assert run.data.params["model.optimizer.lr"] == str(cfg.model.optimizer.lr)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == preset
+    # the UI opens it as a training experiment, with the preset's description
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"] == cfg.experiment_description
+    # the dataset is an MLflow dataset input (the runs table's Dataset column)
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == run.data.tags["dataset.digest"][:32]
     assert run.data.tags["calolab.task"] == "classifier"
     m = run.data.metrics
     for key in ("test/auc", "test/rej50", "test/rej80", "val/auc", "val/auc_unweighted"):
