@@ -15,12 +15,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from calolab.errors import CalolabError
-from calolab.tracking import TrackingStore
+from calolab.tracking import RunNotFoundError, TrackingStore
 
-
-class RunNotFoundError(CalolabError, LookupError):
-    """The requested MLflow run (or one of its artifacts) does not exist."""
+__all__ = ["RestoredRun", "RunNotFoundError", "restore_run"]
 
 
 @dataclass

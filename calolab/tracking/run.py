@@ -46,7 +46,7 @@ URI_VARIABLE = "MLFLOW_TRACKING_URI"
 
 
 class RunNotFoundError(CalolabError, LookupError):
-    """The MLflow run to re-open does not exist in the store."""
+    """The requested MLflow run (to re-open or restore), or one of its artifacts, does not exist."""
 
 
 class TrackedRun:
