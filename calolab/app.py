@@ -1,9 +1,13 @@
 """Shared plumbing of the ``calolab`` sub-commands: config location, resolvers, error reporting.
 
-Every sub-command is a Hydra app over the repository's ``conf/`` folder. :func:`hydra_app`
-wraps a task function so that a :class:`~calolab.errors.CalolabError` becomes one line on
-stderr (``calolab <command>: error: ...``) and a non-zero exit, with the traceback only when
-``HYDRA_FULL_ERROR=1`` or ``CALOLAB_VERBOSE=1`` is set.
+Every sub-command is a Hydra app over the repository's ``conf/`` folder, plus the folders a user
+adds with Hydra's ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]`` (their options are
+listed by :func:`group_options`). :func:`hydra_app` wraps a task function so that a
+:class:`~calolab.errors.CalolabError` becomes one line on stderr (``calolab <command>: error:
+...``) and a non-zero exit, with the traceback only when ``HYDRA_FULL_ERROR=1`` or
+``CALOLAB_VERBOSE=1`` is set, and keeps third-party start-up noise out of the output
+(:mod:`calolab.logs`). Resolvers: ``${calolab_root:}`` (the repository) and ``${calolab_tty:}``
+(stdout is a terminal: progress bars rather than log lines, :mod:`calolab.progress`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,14 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 if not OmegaConf.has_resolver("calolab_root"):
     OmegaConf.register_new_resolver("calolab_root", lambda: str(ROOT_DIR))
+if not OmegaConf.has_resolver("calolab_tty"):
+    from calolab.progress import on_terminal
+
+    OmegaConf.register_new_resolver("calolab_tty", on_terminal)
+
+#: Hydra's flags naming an extra config folder, and the override naming more of them
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+SEARCHPATH_KEY = "hydra.searchpath"
 
 
 def verbose() -> bool:
@@ -53,6 +67,9 @@ def report_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from calolab.logs import quiet_third_party
+
+        quiet_third_party()
         try:
             return func(*args, **kwargs)
         except MissingMandatoryValue as err:
@@ -86,11 +103,88 @@ def hydra_app(config_name: str, command: str) -> Callable[[Callable[[DictConfig]
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:
-    """Compose ``conf/<name>.yaml`` from inside or outside a running Hydra app."""
+    """Compose ``conf/<name>.yaml`` from inside or outside a running Hydra app.
+
+    Inside one, the app's config search path is used, ``--config-dir`` and the command line's
+    ``hydra.searchpath`` included, so that a user's own config folders are seen here too.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     if GlobalHydra.instance().is_initialized():
+        extra = list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+        if extra and not any(_searchpath_entries(o) is not None for o in overrides):
+            overrides = [*overrides, searchpath_override(extra)]
         return compose(config_name=name, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
+
+
+# -- users' own config folders -----------------------------------------------------------------
+def _searchpath_entries(arg: str) -> list[str] | None:
+    """The entries of a ``hydra.searchpath=[...]`` override (also with ``+``/``++``), else None."""
+    if SEARCHPATH_KEY not in arg.partition("=")[0]:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_override(arg)
+    except Exception:  # malformed: Hydra reports it when the command runs
+        return None
+    value = override.value()
+    if override.key_or_group != SEARCHPATH_KEY or not isinstance(value, list):
+        return None
+    return [str(v) for v in value]
+
+
+def extra_search_path(args: list[str]) -> list[str]:
+    """The config folders a command line adds to ``conf/``, as Hydra search-path entries.
+
+    ``--config-dir DIR`` / ``--config-dir=DIR`` / ``-cd DIR`` (made absolute, as Hydra does) and
+    the entries of ``hydra.searchpath=[file://DIR,pkg://module]``, in that order.
+    """
+    found: list[str] = []
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in CONFIG_DIR_FLAGS:
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                found.append(f"file://{os.path.abspath(value)}")
+        elif (entries := _searchpath_entries(arg)) is not None:
+            found += entries
+    return found
+
+
+def searchpath_override(entries: list[str]) -> str:
+    """``hydra.searchpath=['file:///a','pkg://b']``: each entry quoted for Hydra's override grammar."""
+    quoted = ",".join("'" + e.replace("'", "\\'") + "'" for e in entries)
+    return f"{SEARCHPATH_KEY}=[{quoted}]"
+
+
+@contextmanager
+def group_options(search_path: list[str]) -> Iterator[Callable[[str], list[str] | None]]:
+    """A function giving the options of a config group over ``conf/`` plus ``search_path``.
+
+    ``options("data")`` lists every ``data/*.yaml`` (``conf/data/`` and the user's folders), or
+    None when ``data`` is no config group there. Uses Hydra's own config repository, so that
+    ``pkg://`` entries, relative ``file://`` folders and Hydra's plugin groups count too.
+    """
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    overrides = [searchpath_override(search_path)] if search_path else []
+    with warnings.catch_warnings():  # a missing folder: Hydra reports it itself when the command runs
+        warnings.simplefilter("ignore", UserWarning)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+
+            def options(group: str) -> list[str] | None:
+                parent, _, name = group.rpartition("/")
+                groups = loader.get_group_options(parent, results_filter=ObjectType.GROUP, overrides=overrides)
+                if name not in groups:
+                    return None
+                return sorted(loader.get_group_options(group, results_filter=ObjectType.CONFIG, overrides=overrides))
+
+            yield options

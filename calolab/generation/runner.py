@@ -29,6 +29,7 @@ from calolab.errors import CalolabError, ConfigError, GenerationError, InputFile
 from calolab.generation.pythia import PythiaGenerator, pythia_seed
 from calolab.generation.samples.base import ChunkSeeds, PileupSpec
 from calolab.generation.writer import PART_SUFFIX, package_versions, read_manifest, write_manifest, write_tree
+from calolab.progress import GenerationProgress
 
 POOL_STREAM = 7_777
 
@@ -171,14 +172,13 @@ def _run_chunk(chunk: Chunk, mu: float) -> dict:
     }
 
 
-def _drain(q, bar) -> None:
+def _drain(q, progress: GenerationProgress) -> None:
     while True:
         try:
             k = q.get_nowait()
         except (queue.Empty, OSError, EOFError):
             return
-        if bar is not None:
-            bar.update(k)
+        progress.events(k)
 
 
 def run_generation(cfg: DictConfig, sample_name: str) -> dict:
@@ -188,24 +188,19 @@ def run_generation(cfg: DictConfig, sample_name: str) -> dict:
     sample = instantiate(sample_cfg)  # validates the sample's settings before any output exists
     out = Path(str(cfg.out)).expanduser().resolve()
     created = prepare_output(out)
-    bar = None
-    if cfg.get("progress", True):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.n_events, unit="ev", desc=f"generate {sample_name}", dynamic_ncols=True)
+    # a bar of events on a terminal, one line per chunk in a batch log (calolab.progress)
+    progress = GenerationProgress(sample_name, cfg.n_events, cfg.chunk_size, enabled=bool(cfg.get("progress", True)))
     t_start = time.perf_counter()
     try:
         pool = None
         if sample.needs_pileup_pool and cfg.pileup.mu > 0:
-            if bar is not None:
-                bar.set_postfix_str("building pileup pool")
+            progress.status("building the pileup pool")
             pool = build_pool(cfg, lambda k: None)
-            if bar is not None:
-                bar.set_postfix_str("")
+            progress.status("")
         chunks = plan_chunks(
             cfg.n_events, cfg.chunk_size, sample.signal_fraction if hasattr(sample, "signal_fraction") else 0.0
         )
-        results = _execute(chunks, cfg, sample_cfg, pool, out, sample_name, bar)
+        results = _execute(chunks, cfg, sample_cfg, pool, out, sample_name, progress)
         for r in results:
             os.replace(out / (r["file"] + PART_SUFFIX), out / r["file"])
         elapsed = time.perf_counter() - t_start
@@ -234,16 +229,19 @@ def run_generation(cfg: DictConfig, sample_name: str) -> dict:
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
 
 
-def _execute(chunks, cfg, sample_cfg, pool, out: Path, stem: str, bar) -> list[dict]:
+def _execute(chunks, cfg, sample_cfg, pool, out: Path, stem: str, progress: GenerationProgress) -> list[dict]:
     mu = float(cfg.pileup.mu)
     if cfg.workers == 1 or len(chunks) == 1:
-        q = _LocalQueue(bar)
+        q = _LocalQueue(progress)
         _init_worker(sample_cfg, int(cfg.seed), pool, str(out), stem, q)
-        return [_run_chunk(c, mu) for c in chunks]
+        results = []
+        for c in chunks:
+            results.append(_run_chunk(c, mu))
+            progress.chunk_done(c.n_events)
+        return results
     ctx = mp.get_context("fork")
     q = ctx.SimpleQueue()
     qq = _SimpleQueueAdapter(q)
@@ -257,7 +255,7 @@ def _execute(chunks, cfg, sample_cfg, pool, out: Path, stem: str, bar) -> list[d
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            _drain(qq, bar)
+            _drain(qq, progress)
             for f in done:
                 if f.exception() is not None:
                     for p in pending:
@@ -266,19 +264,19 @@ def _execute(chunks, cfg, sample_cfg, pool, out: Path, stem: str, bar) -> list[d
                     if isinstance(err, CalolabError):
                         raise err
                     raise GenerationError(f"a generation worker failed: {type(err).__name__}: {err}") from err
-        _drain(qq, bar)
+                progress.chunk_done(f.result()["n_events"])
+        _drain(qq, progress)
         return [f.result() for f in futures]
 
 
 class _LocalQueue:
-    """In-process stand-in for the progress queue: updates the bar directly."""
+    """In-process stand-in for the progress queue: reports the events directly."""
 
-    def __init__(self, bar):
-        self.bar = bar
+    def __init__(self, progress: GenerationProgress):
+        self.progress = progress
 
     def put(self, k: int) -> None:
-        if self.bar is not None:
-            self.bar.update(k)
+        self.progress.events(k)
 
 
 class _SimpleQueueAdapter:

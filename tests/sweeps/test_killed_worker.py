@@ -1,8 +1,8 @@
 """A sweep worker killed (SIGKILL) in the middle of a trial: the next worker on the same study
 fails the orphaned RUNNING trial with the reason, runs it again with the same parameters, and
 closes the dead worker's MLflow runs as FAILED. Once with the default journal file (the dead
-worker is found by its PID) and once with the local PostgreSQL (found by its missing heartbeat;
-fails, never skips, without the server)."""
+worker is found by its PID) and once with PostgreSQL (found by its missing heartbeat; the session's
+``postgres_url`` server, never skipped)."""
 
 from __future__ import annotations
 

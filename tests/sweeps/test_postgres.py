@@ -1,6 +1,6 @@
-"""Two sweep workers on one study in the local PostgreSQL: no duplicate trial numbers, each adds
-its own n_trials. Needs the server at 127.0.0.1:5432 (user postgres, database test): without it
-this test fails, it never skips. Each run works in a fresh schema, dropped afterwards."""
+"""Two sweep workers on one study in PostgreSQL: no duplicate trial numbers, each adds its own
+n_trials. The server is the session's ``postgres_url`` (the machine's at 127.0.0.1:5432, or one
+the tests start): this test never skips. Each run works in a fresh schema, dropped afterwards."""
 
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ from optuna.trial import TrialState
 
 from calolab.app import ROOT_DIR
 from sweeps.storage import open_storage
-from tests.sweeps.conftest import DSN
 from tests.sweeps.test_sweep import sweep_args
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
-def test_two_workers_share_a_postgres_study(tmp_path, pg_storage):
+def test_two_workers_share_a_postgres_study(tmp_path, pg_storage, postgres_url):
     url, schema = pg_storage
     study_name = f"pg-{uuid.uuid4().hex[:8]}"
     # one small sample first, so that the two workers do not both generate it
@@ -68,7 +67,7 @@ def test_two_workers_share_a_postgres_study(tmp_path, pg_storage):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 2 and len(runs) == 6
     assert not [r for r in runs if any(k.startswith("sweep_trial") for k in r.data.params)]
-    with psycopg2.connect(DSN) as conn, conn.cursor() as cur:  # the study lives in the fresh schema only
+    with psycopg2.connect(postgres_url) as conn, conn.cursor() as cur:  # the study lives in the fresh schema only
         cur.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = 'trials'",
             (schema,),

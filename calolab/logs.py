@@ -1,0 +1,52 @@
+"""Keeps third-party start-up noise out of calolab's output: chosen messages from chosen sources.
+
+Lightning writes, on every Trainer, a tip advertising its cloud logger ("litlogger") and lines
+about accelerators the machine does not have ("TPU available: False ..."), and passes on
+deprecation warnings that its own internals trigger in torch, none of which a calolab user can
+act on. :func:`quiet_third_party` drops exactly those, by message and by the logger or module they
+come from; everything else (the GPU line, Lightning's warnings about the user's own settings,
+"`Trainer.fit` stopped: ...") is kept. The command line calls it once per command
+(:func:`calolab.app.report_errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+#: the loggers Lightning's ``rank_zero_info`` writes through (package and standalone spellings)
+LIGHTNING_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+#: messages dropped from those loggers: the cloud-logger tip and accelerators the machine lacks
+LIGHTNING_NOISE = re.compile(r"Tip: .*\blitlogger\b|(TPU|HPU|IPU) available: False", re.DOTALL)
+#: warnings raised by Lightning's internals, not the user's code: (message, category, module)
+LIGHTNING_INTERNAL_WARNINGS = (
+    # Lightning 2.6's own pytree helper on torch >= 2.10 (fixed in later Lightning releases)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"(pytorch_)?lightning(\.|_fabric)"),
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message matches ``pattern``."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+def quiet_third_party() -> None:
+    """Install the filters (idempotent: a second call adds nothing)."""
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(LIGHTNING_NOISE))
+    for message, category, module in LIGHTNING_INTERNAL_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
