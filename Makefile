@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train_cpu.py
 	$(BIN)/python bench/sweep_pruning.py
+	$(BIN)/python bench/physics_jets.py
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache
