@@ -21,7 +21,7 @@ FLAGS = [
     "+trainer.gradient_clip_val=1.0",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=0",  # no validation: the last weights are evaluated
-    "trainer.limit_train_batches=0",  # trains nothing
+    "trainer.limit_train_batches=0",  # trains nothing: refused before a run is opened
 ]
 
 
@@ -55,7 +55,12 @@ def test_trainer_flag_finishes_or_gives_one_line(flag, smoke_data, tmp_path):
     if flag in ("+trainer.max_steps=3", "trainer.limit_val_batches=0"):
         assert outcome == "finished"
         assert "no validation ran, so no checkpoint is best by val/auc: the last weights are evaluated" in res.stdout
-    elif flag != "trainer.limit_train_batches=0":
+    elif flag == "trainer.limit_train_batches=0":
+        assert outcome == "refused" and "nothing to train" in res.stderr
+        assert not db.exists() or not MlflowClient(tracking_uri=f"sqlite:///{db}").search_runs(
+            [e.experiment_id for e in MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()]
+        )  # no run, not even a FAILED one
+    else:
         assert outcome == "finished"
 
 

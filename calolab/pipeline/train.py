@@ -98,6 +98,7 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
     experiment = cfg.get("experiment_name")
     if not experiment:
         raise ConfigError("experiment_name is not set: choose a preset, e.g. `calolab train experiment=photon_id`")
+    _check_something_to_train(cfg.trainer)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ensure_sample(OmegaConf.to_container(cfg.generate, resolve=True) if cfg.get("generate") else None)
     dm = build_data(cfg)
@@ -117,7 +118,7 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
             trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=list(hooks.callbacks))
             trainer.fit(task, datamodule=dm)
             hooks.after_fit()
-            best = _best_checkpoint(trainer)
+            best = _best_checkpoint(trainer)  # None (no validation ran, fast_dev_run): the last weights are evaluated
             if trainer.is_global_zero:
                 if best is not None:
                     task.load_weights(best)
@@ -131,6 +132,16 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
         result = {"run_id": run.run_id, "experiment": experiment, "tracking_uri": store.uri, "metrics": metrics}
         result.update(hooks.result(metrics, task))
         return result
+
+
+def _check_something_to_train(trainer: DictConfig) -> None:
+    """Refuse, before any run is opened, a trainer config that would train nothing and log untrained weights."""
+    steps, batches = trainer.get("max_steps"), trainer.get("limit_train_batches")
+    if steps == 0 or batches == 0:
+        raise ConfigError(
+            "nothing to train: expected trainer.max_steps != 0 and trainer.limit_train_batches > 0, but got "
+            f"max_steps={steps}, limit_train_batches={batches}"
+        )
 
 
 def build_trainer(

@@ -546,8 +546,8 @@ def test_sqlite_store_uses_a_file_lock_next_to_the_database(tmp_path):
 
 
 @pytest.mark.postgres
-def test_postgresql_store_uses_an_advisory_lock():
-    uri = os.environ.get("CALOLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+def test_postgresql_store_uses_an_advisory_lock(postgres_url):
+    uri = postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
     _contend(uri, f"calolab-test-{os.getpid()}")
     assert -(2**63) <= advisory_key("m") < 2**63
 
