@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 import warnings
@@ -78,7 +79,7 @@ def run_preset(preset: str, args: argparse.Namespace) -> list[str]:
         b.fit(train_aux, np.asarray(trn.label), np.asarray(trn.weight))
         s = b.score(test_aux)
         if s is not None:
-            scores[b.name], labels[b.name] = rankable(s), b.label
+            scores[b.name], labels[b.name] = rankable(s), re.sub(r"[$\\{}]", "", b.label).replace("_", "")
     reps = bootstrap(y, scores, w, replicas=args.replicas, seed=args.seed, efficiencies=(0.5,))
     n_sig, n_bkg = int(y.sum()), int((1 - y).sum())
     rows = [
