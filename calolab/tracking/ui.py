@@ -89,7 +89,14 @@ def _without_credentials(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+#: MLflow 3's UI keeps a per-browser GenAI / Model-training switch that starts on GenAI and then
+#: shows an experiment's traces overview, whatever its experimentKind tag; this query parameter
+#: opens the model-training view (runs table, models, registry) directly (seen in MLflow 3.17's UI)
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def _run_link(experiment_id: str | None, run_id: str | None, base: str) -> str:
-    if not (experiment_id and run_id):
+    if not experiment_id:
         return ""
-    return f"; this run: {base}/#/experiments/{experiment_id}/runs/{run_id}"
+    runs = f"; the runs: {base}/#/experiments/{experiment_id}/runs{TRAINING_VIEW}"
+    return runs + (f"; this run: {base}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}" if run_id else "")
