@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from calolab.tracking import TrackedRun
 from calolab.tracking.hydra_job import multirun_tags
 from calolab.tracking.naming import describe_overrides, run_name, swept_keys
-from calolab.tracking.tags import MULTIRUN_JOB_TAG, MULTIRUN_TAG
+from calolab.keys import MULTIRUN_JOB_TAG, MULTIRUN_TAG
 
 STAMP = re.compile(r"-\d{8}-\d{6}-[a-z0-9]{4}$")
 

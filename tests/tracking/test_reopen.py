@@ -14,7 +14,7 @@ import pytest
 
 from calolab.errors import CalolabError
 from calolab.tracking import RunNotFoundError, TrackedRun, TrackingStore
-from calolab.tracking.tags import (
+from calolab.keys import (
     ERROR_TAG,
     REEVALUATION_ERROR_ARTIFACT,
     REEVALUATION_ERROR_TAG,
