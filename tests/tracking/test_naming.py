@@ -10,10 +10,10 @@ import pytorch_lightning as pl
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from calolab.keys import MULTIRUN_JOB_TAG, MULTIRUN_TAG
 from calolab.tracking import TrackedRun
 from calolab.tracking.hydra_job import multirun_tags
 from calolab.tracking.naming import describe_overrides, run_name, swept_keys
-from calolab.keys import MULTIRUN_JOB_TAG, MULTIRUN_TAG
 
 STAMP = re.compile(r"-\d{8}-\d{6}-[a-z0-9]{4}$")
 

@@ -13,13 +13,13 @@ import mlflow
 import pytest
 
 from calolab.errors import CalolabError
-from calolab.tracking import RunNotFoundError, TrackedRun, TrackingStore
 from calolab.keys import (
     ERROR_TAG,
     REEVALUATION_ERROR_ARTIFACT,
     REEVALUATION_ERROR_TAG,
     REOPENED_STATUS_TAG,
 )
+from calolab.tracking import RunNotFoundError, TrackedRun, TrackingStore
 
 
 def finished_run(store: TrackingStore) -> str:

@@ -3,8 +3,8 @@ GenAI one) and described by their preset; older experiments get the tag, users' 
 
 from __future__ import annotations
 
-from calolab.tracking import TrackedRun
 from calolab.keys import EXPERIMENT_KIND_TAG, NOTE_TAG, TRAINING_EXPERIMENT_KIND
+from calolab.tracking import TrackedRun
 
 
 def test_new_experiment_is_a_described_training_experiment(store, experiment):
