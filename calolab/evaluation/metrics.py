@@ -105,11 +105,22 @@ def rejection_at_efficiency(
     ``sum(background weights) / min(positive background weight)`` is returned instead: the
     rejection had the lightest background event passed, the largest this sample can resolve.
     """
+    eps_b = background_efficiency_at(label, score, eff_sig, weight)
+    if eps_b > 0:
+        return 1.0 / eps_b
+    y, _, w = _event_arrays(label, score, weight)
+    return _max_rejection(y, w)
+
+
+def background_efficiency_at(
+    label: np.ndarray, score: np.ndarray, eff_sig: float, weight: np.ndarray | None = None
+) -> float:
+    """eps_B of the tightest cut whose signal efficiency reaches ``eff_sig`` (0 when no background passes)."""
     eff_sig = _check_fraction("eff_sig", eff_sig)
     y, s, w = _event_arrays(label, score, weight)
     eps_s, eps_b, _ = roc_curve(y, s, w)
     i = min(int(np.searchsorted(eps_s, eff_sig * (1 - _TOL), side="left")), eps_s.size - 1)
-    return 1.0 / eps_b[i] if eps_b[i] > 0 else _max_rejection(y, w)
+    return float(eps_b[i])
 
 
 def efficiency_at_rejection(

@@ -82,22 +82,38 @@ def plot_roc(
     """Background rejection 1/eps_B (log) against signal efficiency.
 
     Args:
-        curves: ``{"name", "eff_sig", "eff_bkg", "auc"}`` per classifier (from ``roc_curve``).
+        curves: ``{"name", "eff_sig", "eff_bkg", "auc"}`` per classifier (from ``roc_curve``),
+            optionally ``"band": {"eff_sig", "lo", "hi"}``: the rejection's 68% band (bootstrap
+            replicas), drawn shaded in the curve's colour (an infinite upper end: to the top), and
+            ``"auc_err"`` shown in the legend.
         points: ``{"name", "eff_sig", "rejection"}`` per cut-based working point (a marker).
     """
     with _figure(path, _rlabel(title, n_events)) as (_, ax):
+        top = 1.0
         for curve in curves:
             es, eb = np.asarray(curve["eff_sig"]), np.asarray(curve["eff_bkg"])
             ok = eb > 0
             es, eb = _thin(es[ok], eb[ok])
-            ax.plot(es, 1.0 / eb, label=f"{curve['name']} (AUC = {curve['auc']:.3f})")
+            err = curve.get("auc_err")
+            auc_text = f"{curve['auc']:.3f}" + (f" $\\pm$ {err:.3f}" if err is not None and np.isfinite(err) else "")
+            (line,) = ax.plot(es, 1.0 / eb, label=f"{curve['name']} (AUC = {auc_text})")
+            top = max(top, float(np.max(1.0 / eb, initial=1.0)))
+            band = curve.get("band")
+            if band is not None:
+                bx = np.asarray(band.get("eff_sig"), dtype=np.float64)
+                lo = np.asarray([np.nan if v is None else v for v in band["lo"]], dtype=np.float64)
+                hi = np.asarray([np.inf if v is None else v for v in band["hi"]], dtype=np.float64)
+                keep = np.isfinite(lo)
+                hi = np.where(np.isfinite(hi), hi, top * 10)
+                ax.fill_between(bx[keep], lo[keep], hi[keep], color=line.get_color(), alpha=0.25, lw=0)
         grid = np.linspace(0.01, 1.0, 200)
         ax.plot(grid, 1.0 / grid, ls=":", color="grey", label="Random (AUC = 0.5)")
         for point in points:
+            top = max(top, float(point["rejection"]))
             ax.plot([point["eff_sig"]], [point["rejection"]], ls="none", marker="*", ms=16, label=point["name"])
         ax.set_yscale("log")
         ax.set_xlim(0.0, 1.0)
-        ax.set_ylim(bottom=1.0)
+        ax.set_ylim(bottom=1.0, top=top * 3)
         ax.set_xlabel(r"Signal efficiency $\varepsilon_S$")
         ax.set_ylabel(r"Background rejection $1/\varepsilon_B$")
         ax.legend(loc="upper right")

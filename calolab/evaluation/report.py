@@ -14,6 +14,16 @@ Metric names: the net's ``test/auc``, ``test/rej50``, ``test/rej80``; a scoring 
 first baseline with a working point, e.g. the cut-based ``baseline``): ``test/<wp>_eff``,
 ``test/<wp>_rej``, the net's efficiency at that rejection ``test/eff_at_<wp>_rej`` and its relative
 gain ``test/rel_eff_gain_at_<wp>_rej``, and each scoring baseline's ``test/<b>_eff_at_<wp>_rej``.
+
+Every figure comes with its statistical uncertainty (:mod:`calolab.evaluation.uncertainty`): AUCs
+``..._auc_err`` from a seeded Poisson bootstrap over the test events (``bootstrap_replicas``,
+``bootstrap_seed``), efficiencies and rejections ``..._err_lo``/``..._err_hi`` from Wilson
+intervals on effective counts, ``..._is_bound`` = 1 for a rejection whose cut keeps no background
+(its value is then the lower limit). The comparisons the evaluation makes are logged as
+``test/auc_vs_<b>`` (net minus baseline AUC) and ``test/eff_at_<wp>_rej_vs_<wp>`` (net minus
+working-point efficiency), each with a paired-bootstrap ``_err``, and listed in the tables'
+``comparisons`` as "net vs <b> (auc): +0.103 +- 0.012 (resolved; n_eff ...)" lines; the ROC
+figure draws each curve's 68% bootstrap band.
 """
 
 from __future__ import annotations
@@ -31,11 +41,14 @@ import numpy as np
 from calolab import keys
 from calolab.errors import CalolabError, ConfigError, InputFileError, suggest
 from calolab.evaluation import plots
+from calolab.evaluation import uncertainty as U
 from calolab.evaluation.baselines import CutBasedTight, ShowerShapeBDT
+from calolab.evaluation.bootstrap import bootstrap, check_replicas, paired_difference, spread
 from calolab.evaluation.metrics import (
     _event_arrays,
     _max_rejection,
     auc,
+    background_efficiency_at,
     binned_efficiency,
     efficiency_at_rejection,
     pixel_score_correlation,
@@ -55,6 +68,10 @@ MAX_DISCRETE_VALUES = 12
 SUMMARY_FILE = "evaluation.json"
 #: How the bin edges of a binned efficiency are made (or a list of edges).
 BIN_RULES = ("quantile", "atlas_eta", "discrete")
+#: Signal efficiencies at which the bootstrap reads each replica's rejection (the ROC band).
+ROC_BAND_GRID = tuple(np.round(np.linspace(0.05, 1.0, 39), 4))
+#: The 68% band of the replicas: these quantiles.
+BAND_QUANTILES = (0.16, 0.84)
 
 
 @dataclass
@@ -233,6 +250,9 @@ class ClassifierEvaluation:
         average_images: average signal and background image of each input (each channel) and
             their difference.
         batch_size: events per inference batch.
+        bootstrap_replicas: Poisson-bootstrap replicas over the test events behind the AUC
+            uncertainties, the paired comparisons and the ROC bands.
+        bootstrap_seed: seed of the replicas (the same draws for every discriminant).
     """
 
     def __init__(
@@ -244,6 +264,8 @@ class ClassifierEvaluation:
         correlation_maps: bool = True,
         average_images: bool = False,
         batch_size: int = 4096,
+        bootstrap_replicas: int = 1000,
+        bootstrap_seed: int = 0,
     ) -> None:
         self.baselines = [b for b in (baselines or ()) if b is not None]
         names = [b.name for b in self.baselines]
@@ -264,6 +286,10 @@ class ClassifierEvaluation:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"evaluation.batch_size must be an integer >= 1, but got {batch_size!r}")
         self.batch_size = batch_size
+        self.bootstrap_replicas = check_replicas(bootstrap_replicas, "evaluation.bootstrap_replicas")
+        if isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int) or bootstrap_seed < 0:
+            raise ConfigError(f"evaluation.bootstrap_seed must be an integer >= 0, but got {bootstrap_seed!r}")
+        self.bootstrap_seed = bootstrap_seed
 
     # -- the pipeline's entry point --------------------------------------------------------------
     def __call__(self, task, dm, out_dir: Path, title: str = "") -> tuple[EvaluationResult, np.ndarray]:
@@ -288,12 +314,18 @@ class ClassifierEvaluation:
 
     @staticmethod
     def key_metrics(label: np.ndarray, score: np.ndarray, weight: np.ndarray) -> dict[str, float]:
-        """The metrics the registry recomputes for candidate and champion: AUC, R50, R80."""
-        return {
-            keys.TEST_AUC: auc(label, score, weight),
-            keys.TEST_REJ50: rejection_at_efficiency(label, score, 0.5, weight),
-            keys.TEST_REJ80: rejection_at_efficiency(label, score, 0.8, weight),
-        }
+        """The metrics the registry recomputes for candidate and champion: AUC, R50, R80, with uncertainties.
+
+        The cheap path (no bootstrap): ``test/auc_err`` is the Hanley-McNeil closed form on the
+        effective counts; R50 and R80 carry their binomial interval and ``_is_bound`` flag.
+        """
+        y, s, w = _event_arrays(label, score, weight)
+        n_sig, n_bkg = U.effective_count(w[y]), U.effective_count(w[~y])
+        value = auc(y, s, w)
+        out = {keys.TEST_AUC: value, keys.TEST_AUC + U.ERR: U.hanley_mcneil(value, n_sig, n_bkg)}
+        out.update(_rejection(keys.TEST_REJ50, y, s, w, 0.5))
+        out.update(_rejection(keys.TEST_REJ80, y, s, w, 0.8))
+        return out
 
     # -- the evaluation on arrays ----------------------------------------------------------------
     def _check_variables(self, aux_train: Mapping, aux_test: Mapping) -> None:
@@ -350,9 +382,9 @@ class ClassifierEvaluation:
         m["test/n_events"] = float(n)
         m["test/n_signal"] = float(y.sum())
         m["test/n_background"] = float((~y).sum())
-        # the statistical power of a weighted background: rejections far above it are not resolved
-        wb = w[~y]
-        m["test/n_background_eff"] = float(wb.sum() ** 2 / (wb**2).sum()) if wb.size and (wb**2).sum() > 0 else 0.0
+        # the statistical power of a weighted sample: rejections far above n_eff are not resolved
+        n_sig_eff, n_bkg_eff = U.effective_count(w[y]), U.effective_count(w[~y])
+        m[U.N_SIGNAL_EFF], m[U.N_BACKGROUND_EFF] = n_sig_eff, n_bkg_eff
         m.update(self.key_metrics(y, s, w))
         eff_s, eff_b, _ = roc_curve(y, s, w)
         curves = [{"name": "Network", "eff_sig": eff_s, "eff_bkg": eff_b, "auc": m[keys.TEST_AUC]}]
@@ -377,8 +409,8 @@ class ClassifierEvaluation:
             finite = np.isfinite(bs)
             ranked = rankable(bs)
             m[f"test/{name}_auc"] = auc(y, ranked, w)
-            m[f"test/{name}_rej50"] = rejection_at_efficiency(y, ranked, 0.5, w)
-            m[f"test/{name}_rej80"] = rejection_at_efficiency(y, ranked, 0.8, w)
+            m.update(_rejection(f"test/{name}_rej50", y, ranked, w, 0.5))
+            m.update(_rejection(f"test/{name}_rej80", y, ranked, w, 0.8))
             bs_eff_s, bs_eff_b, thr = roc_curve(y, ranked, w)
             keep = thr > (ranked.min() if not finite.all() else -np.inf)  # drop the points that take rejected events
             curves.append(
@@ -391,19 +423,50 @@ class ClassifierEvaluation:
             raise ConfigError(
                 f"evaluation.working_point {wp!r}: that baseline has no working point (passes() gave None)"
             )
+        reps = bootstrap(
+            y,
+            {"net": s, **scores},
+            w,
+            replicas=self.bootstrap_replicas,
+            seed=self.bootstrap_seed,
+            roc_grid=np.asarray(ROC_BAND_GRID),
+            working_point=passes[wp] if wp is not None else None,
+        )
+        comparisons = self._uncertainties(m, reps, scores, wp, n_sig_eff, n_bkg_eff)
+        for curve, name in zip(curves, ["net", *scores], strict=True):
+            curve["band"] = {"eff_sig": ROC_BAND_GRID, **_band(reps[name]["roc"])}
+            curve["auc_err"] = spread(reps[name]["auc"])
         if wp is not None:
             base_pass = passes[wp]
             base_eff = _weighted_eff(base_pass, y, w)
             base_eb = _weighted_eff(base_pass, ~y, w)
+            # the net is compared at the cuts' very rejection (or the largest this sample expresses)
             base_rej = 1.0 / base_eb if base_eb > 0 else _max_rejection(y, w)
             net_eff, net_thr = efficiency_at_rejection(y, s, base_rej, w)
-            m[f"test/{wp}_eff"], m[f"test/{wp}_rej"] = base_eff, base_rej
-            m[f"test/eff_at_{wp}_rej"] = net_eff
+            m.update(_efficiency(f"test/{wp}_eff", base_eff, n_sig_eff))
+            m.update(U.rejection(base_eb, n_bkg_eff, _max_rejection(y, w)).metrics(f"test/{wp}_rej"))
+            m.update(_efficiency(f"test/eff_at_{wp}_rej", net_eff, n_sig_eff))
             if base_eff > 0:  # left out when the cuts keep no test signal (no ratio to take)
                 m[f"test/rel_eff_gain_at_{wp}_rej"] = net_eff / base_eff - 1.0
             for name, bs in scores.items():
                 if name != wp:  # the reference's own efficiency is test/<wp>_eff
-                    m[f"test/{name}_eff_at_{wp}_rej"] = efficiency_at_rejection(y, bs, base_rej, w)[0]
+                    eff = efficiency_at_rejection(y, bs, base_rej, w)[0]
+                    m.update(_efficiency(f"test/{name}_eff_at_{wp}_rej", eff, n_sig_eff))
+            key = f"test/eff_at_{wp}_rej{U.VS}{wp}"
+            unresolved, err = paired_difference(reps["net"]["eff_at_wp_rej"], reps["_working_point"]["eff"])
+            m[key], m[key + U.ERR] = net_eff - base_eff, err
+            comparisons.append(
+                U.Comparison(
+                    "net",
+                    wp,
+                    f"efficiency at {wp} rejection",
+                    net_eff - base_eff,
+                    err,
+                    n_sig_eff,
+                    n_bkg_eff,
+                    bound=bool(unresolved > 0.05),
+                )
+            )
             described[wp]["classifier_threshold_at_rejection"] = net_thr
             label = self._baseline(wp).label
             roc_points.append({"name": label, "eff_sig": base_eff, "rejection": base_rej})
@@ -412,9 +475,22 @@ class ClassifierEvaluation:
                 "cut_based": (label, base_pass),  # a baseline's working point is a selection (cuts)
             }
         else:
-            _, thr50 = efficiency_at_rejection(y, s, m[keys.TEST_REJ50], w)
+            _, thr50 = efficiency_at_rejection(y, s, rejection_at_efficiency(y, s, 0.5, w), w)
             working_points = {"classifier": (r"Network at $\varepsilon_S$ = 50%", s >= thr50)}
 
+        tables["comparisons"] = [c.as_dict() for c in comparisons]
+        tables["uncertainty"] = {
+            "method": "AUC and comparisons: std of Poisson-bootstrap replicas (paired: the same draws for "
+            "every discriminant); efficiencies and rejections: Wilson 68% intervals on effective counts",
+            "replicas": self.bootstrap_replicas,
+            "seed": self.bootstrap_seed,
+            "n_signal_eff": n_sig_eff,
+            "n_background_eff": n_bkg_eff,
+            "resolved_sigma": U.RESOLVED_SIGMA,
+            "roc_bands": {
+                name: {"eff_sig": list(ROC_BAND_GRID), **_band(reps[name]["roc"])} for name in ["net", *scores]
+            },
+        }
         fig = result.figures
         fig["roc"] = plots.plot_roc(out_dir / "roc.png", curves, roc_points, title=title, n_events=n)
         fig["score"] = plots.plot_score(out_dir / "score.png", y, s, w, title=title, class_names=self.class_names)
@@ -449,6 +525,18 @@ class ClassifierEvaluation:
             raise InputFileError(f"cannot write the evaluation summary {summary}: {err}") from err
         return result
 
+    def _uncertainties(self, m, reps, scores, wp, n_sig_eff, n_bkg_eff) -> list[U.Comparison]:
+        """AUC errors from the replicas, and the net-vs-baseline AUC comparisons (paired)."""
+        m[keys.TEST_AUC + U.ERR] = spread(reps["net"]["auc"])
+        comparisons = []
+        for name in scores:
+            m[f"test/{name}_auc{U.ERR}"] = spread(reps[name]["auc"])
+            key = f"test/auc{U.VS}{name}"
+            _, err = paired_difference(reps["net"]["auc"], reps[name]["auc"])
+            m[key], m[key + U.ERR] = m[keys.TEST_AUC] - m[f"test/{name}_auc"], err
+            comparisons.append(U.Comparison("net", name, "AUC", m[key], err, n_sig_eff, n_bkg_eff))
+        return comparisons
+
     def _baseline(self, name: str) -> Any:
         return next(b for b in self.baselines if b.name == name)
 
@@ -479,6 +567,26 @@ class ClassifierEvaluation:
                 out_dir / f"eff_vs_{key}.png", shown, xlabel=spec.label, title=title, n_events=n
             )
         return binned
+
+
+def _rejection(key: str, y: np.ndarray, s: np.ndarray, w: np.ndarray, eff_sig: float) -> dict[str, float]:
+    """``key`` = 1/eps_B at ``eff_sig`` with its binomial interval; a lower bound, flagged, when no background passes."""
+    eps_b = background_efficiency_at(y, s, eff_sig, w)
+    return U.rejection(eps_b, U.effective_count(w[~y]), _max_rejection(y, w)).metrics(key)
+
+
+def _efficiency(key: str, eff: float, n_eff: float) -> dict[str, float]:
+    lo, hi = U.wilson_interval(eff, n_eff)
+    return U.Measurement(eff, eff - lo, hi - eff).metrics(key, flag=False)
+
+
+def _band(roc: np.ndarray) -> dict[str, list]:
+    """The 68% band of replica rejections (R, G) per grid point, by order statistics (inf: unbounded)."""
+    r = np.sort(np.asarray(roc, dtype=np.float64), axis=0)
+    n = r.shape[0]
+    lo = r[int(np.floor(BAND_QUANTILES[0] * (n - 1)))]
+    hi = r[int(np.ceil(BAND_QUANTILES[1] * (n - 1)))]
+    return {"lo": lo.tolist(), "hi": hi.tolist()}
 
 
 def rankable(score: np.ndarray) -> np.ndarray:
