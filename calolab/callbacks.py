@@ -63,7 +63,8 @@ class EpochLines(pl.Callback):
 
 
 class _AwaitsValidation:
-    """Mixin: whether the monitored metric can be checked yet; remembers that a validation ran."""
+    """Mixin before a Lightning callback: its epoch-end and validation-end checks run only once the
+    monitored metric can be checked; remembers that a validation ran."""
 
     monitor: str | None
     _validated = False
@@ -83,31 +84,22 @@ class _AwaitsValidation:
             f"{suggest(self.monitor, logged)} (logged: {', '.join(logged) or 'nothing'})"
         )
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._ready(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note_validation(trainer)
+        if self._ready(trainer):
+            super().on_validation_end(trainer, pl_module)
+
 
 class EarlyStopping(_AwaitsValidation, pl.callbacks.EarlyStopping):
     """Lightning's EarlyStopping, waiting for the first validation (see the module docstring)."""
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._ready(trainer):
-            super().on_train_epoch_end(trainer, pl_module)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._note_validation(trainer)
-        if self._ready(trainer):
-            super().on_validation_end(trainer, pl_module)
-
 
 class ModelCheckpoint(_AwaitsValidation, pl.callbacks.ModelCheckpoint):
     """Lightning's ModelCheckpoint, waiting for the first validation (see the module docstring)."""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._ready(trainer):
-            super().on_train_epoch_end(trainer, pl_module)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._note_validation(trainer)
-        if self._ready(trainer):
-            super().on_validation_end(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
