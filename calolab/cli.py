@@ -108,11 +108,37 @@ def complete(args: list[str]) -> int:
     return _run(command, [*lead, "-sc", *args, *extra], prog="calolab")
 
 
+#: module names of calolab's own entry points (``python -m calolab``, ``python -m calolab.cli``)
+ENTRY_MODULES = ("calolab", "calolab.__main__", "calolab.cli")
+
+
 def _run(command: str, args: list[str], prog: str | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
-    sys.argv = [prog or f"calolab {command}", *args]
+    sys.argv = [prog or f"calolab {command}", *args]  # Hydra's messages name the program `calolab train`
+    _reexecute_as(module.__name__)
     module.main()
     return 0
+
+
+def _reexecute_as(module_name: str) -> None:
+    """Make a re-execution of this process run ``python -m <module_name> <sys.argv[1:]>``.
+
+    Lightning's DDP subprocess launcher starts the other ranks by re-running the main module:
+    ``python -m <__main__.__spec__.name> <sys.argv[1:]>``, or ``python <sys.argv[0]> ...`` when
+    the main module has no spec (a console script). Here ``sys.argv[0]`` is the program name
+    Hydra shows (``calolab train``, no file) and ``sys.argv[1:]`` has lost the command name, so
+    the main module's spec is pointed at the command's own module, which runs its Hydra app
+    when executed (``python -m calolab.commands.train experiment=...``). Only when the main
+    module is calolab's entry point (the ``calolab`` script, ``python -m calolab``), never a
+    caller's (pytest, a notebook) that calls :func:`main` in-process.
+    """
+    import importlib.util
+
+    entry = sys.modules.get("__main__")
+    spec = getattr(entry, "__spec__", None)
+    ours = spec.name in ENTRY_MODULES if spec is not None else getattr(entry, "main", None) is main
+    if entry is not None and ours:
+        entry.__spec__ = importlib.util.find_spec(module_name)
 
 
 def main(argv: list[str] | None = None) -> int:

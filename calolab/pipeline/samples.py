@@ -5,6 +5,10 @@ seed, out, ...). When ``out`` holds no complete sample, ``calolab train`` runs t
 first; when it holds one made with other settings it refuses rather than train on the wrong
 events. Experiments on users' own ntuples set ``generate: null`` and point ``data.files`` at
 them.
+
+Under DDP only the main process (:func:`calolab.ranks.is_main_process`) generates, since the
+generator refuses a non-empty output folder; the other ranks wait for the finished sample's
+manifest (``out`` must be on a file system all nodes share).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from omegaconf import open_dict
 
 from calolab.app import compose_config
 from calolab.generation.runner import reusable_sample, run_generation
+from calolab.ranks import is_main_process, wait_for
 
 #: keys of a ``generate:`` block that are passed to ``calolab generate`` as overrides
 KEYS = ("n_events", "seed", "workers", "chunk_size", "out")
@@ -35,5 +40,8 @@ def ensure_sample(gen: Mapping[str, Any] | None, progress: bool = True) -> dict 
     manifest = reusable_sample(cfg, gen["sample"])
     if manifest is not None:
         return manifest
+    if not is_main_process():
+        wait_for(lambda: reusable_sample(cfg, gen["sample"]) is not None, f"the {gen['sample']} sample in {cfg.out}")
+        return reusable_sample(cfg, gen["sample"])
     print(f"calolab: generating the {gen['sample']} sample ({cfg.n_events} events) into {cfg.out}")
     return run_generation(cfg, gen["sample"])

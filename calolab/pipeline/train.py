@@ -8,6 +8,14 @@ per-epoch metrics through Lightning's MLflow logger, then the test metrics and p
 checkpoint, the PyTorch model and the ONNX model (logged only after its onnxruntime parity
 check passed). A failure anywhere ends the run FAILED with the reason recorded.
 
+Under DDP (``trainer=ddp``, ``trainer=ddp_slurm``) every rank runs this function; one flag,
+:func:`calolab.ranks.is_main_process`, decides every side effect: the main process (global rank
+0) generates the sample, builds the data cache, opens the MLflow run, logs params and is the only
+rank with a logger; it evaluates, exports and logs models. The other ranks wait for the sample and
+the cache, train their share of each epoch (epoch metrics are torchmetrics states reduced across
+ranks when logged), and, if they fail, end the run FAILED with their reason. A failure of the main
+process stops the ranks Lightning's launcher started, so that none is left waiting in a collective.
+
 Callers that need more from a training (a sweep trial: its own run class, a pruning callback,
 an objective) pass :class:`TrainingHooks`; the pipeline imports nothing from them.
 """
@@ -15,6 +23,7 @@ an objective) pass :class:`TrainingHooks`; the pipeline imports nothing from the
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,6 +40,7 @@ from calolab.errors import ConfigError
 from calolab.pipeline.evaluate import evaluate_model
 from calolab.pipeline.export import export_model
 from calolab.pipeline.samples import ensure_sample
+from calolab.ranks import is_main_process, wait_for
 from calolab.tracking import TrackedRun, TrackingStore, flatten_config, log_dataset_input
 from calolab.tracking.git import git_state
 from calolab.tracking.params import to_plain
@@ -38,9 +48,17 @@ from lightning_modules.task import Task
 
 
 def build_data(cfg: DictConfig):
-    """Instantiate and prepare the datamodule (reads ROOT only when the cache is missing)."""
+    """Instantiate and prepare the datamodule (reads ROOT only when the cache is missing).
+
+    The main process builds a missing cache; the other ranks wait for it to be complete.
+    """
+    from datamodules.cache import is_complete
+
     dm = instantiate(cfg.data, _convert_="all")
-    dm.prepare_data()
+    if is_main_process():
+        dm.prepare_data()
+    else:
+        wait_for(lambda: is_complete(dm.cache_path), f"the data cache {dm.cache_path}")
     dm.setup("fit")
     return dm
 
@@ -99,27 +117,36 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
     if not experiment:
         raise ConfigError("experiment_name is not set: choose a preset, e.g. `calolab train experiment=photon_id`")
     _check_something_to_train(cfg.trainer)
+    main = is_main_process()  # the one rank flag: every side effect below asks it
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ensure_sample(OmegaConf.to_container(cfg.generate, resolve=True) if cfg.get("generate") else None)
     dm = build_data(cfg)
     task = build_task(cfg, dm)
     store = TrackingStore.resolve(cfg.tracking.uri, cfg.paths.mlruns_dir)
-    tags = run_tags(cfg, dm, experiment, task)
+    tags = run_tags(cfg, dm, experiment, task) if main else {}
     run_kwargs = {"run_name": cfg.get("run_name"), "tags": tags, "description": cfg.get("experiment_description")}
     with hooks.run_class(store, experiment, **run_kwargs, **hooks.run_kwargs()) as run:
         import mlflow
 
-        mlflow.log_params(flatten_config(cfg))
-        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
-        summary = dm.preprocessing_summary()
-        mlflow.log_dict(summary, "data/preprocessing.json")
-        log_dataset_input(summary, name=experiment)
+        if main:
+            mlflow.log_params(flatten_config(cfg))
+            mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
+            summary = dm.preprocessing_summary()
+            mlflow.log_dict(summary, "data/preprocessing.json")
+            log_dataset_input(summary, name=experiment)
         with tempfile.TemporaryDirectory(prefix="calolab-train-") as tmp:
-            trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=list(hooks.callbacks))
-            trainer.fit(task, datamodule=dm)
+            callbacks = [*hooks.callbacks, ShareRunId(run)]
+            trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=callbacks)
+            try:
+                trainer.fit(task, datamodule=dm)
+            except BaseException:
+                if main:  # the ranks Lightning's launcher started may wait in a collective for this one
+                    _stop_other_ranks(trainer)
+                raise
             hooks.after_fit()
             best = _best_checkpoint(trainer)  # None (no validation ran, fast_dev_run): the last weights are evaluated
-            if trainer.is_global_zero:
+            metrics = {}
+            if main:
                 if best is not None:
                     task.load_weights(best)
                     mlflow.log_artifact(best, "checkpoints")
@@ -127,8 +154,6 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
                 onnx_path = export_model(cfg, task, dm, Path(tmp) / "onnx")
                 if cfg.tracking.log_models:
                     _log_models(task, onnx_path)
-            else:  # pragma: no cover - other DDP ranks
-                metrics = {}
         result = {"run_id": run.run_id, "experiment": experiment, "tracking_uri": store.uri, "metrics": metrics}
         result.update(hooks.result(metrics, task))
         return result
@@ -147,16 +172,40 @@ def _check_something_to_train(trainer: DictConfig) -> None:
 def build_trainer(
     cfg: DictConfig, store: TrackingStore, run_id: str, workdir: Path, extra_callbacks: list | None = None
 ) -> pl.Trainer:
-    """Trainer from ``conf/trainer`` with the run's MLflow logger and the configured callbacks."""
+    """Trainer from ``conf/trainer`` with the run's MLflow logger and the configured callbacks.
+
+    Only the main process has a logger: Lightning's loggers write from rank 0 alone, and an MLflow
+    client on every rank would open (and might migrate) the store from each of them at once.
+    """
     from pytorch_lightning.loggers import MLFlowLogger
 
-    logger = MLFlowLogger(tracking_uri=store.uri, run_id=run_id, log_model=False)
+    logger = MLFlowLogger(tracking_uri=store.uri, run_id=run_id, log_model=False) if is_main_process() else False
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += extra_callbacks or []
     for cb in callbacks:  # checkpoints go to the run's scratch folder, then to MLflow
         if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(workdir / "checkpoints")
     return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(workdir), _convert_="all")
+
+
+class ShareRunId(pl.Callback):
+    """Gives the ranks started by ``srun`` or torchrun the main process's run id, once the process
+    group exists, so that their failure ends that run FAILED (Lightning's own launcher passes it
+    in the environment, :data:`calolab.tracking.run.RUN_ID_VARIABLE`)."""
+
+    def __init__(self, run: TrackedRun):
+        self.run = run
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.run.follow(trainer.strategy.broadcast(self.run.run_id, src=0))
+
+
+def _stop_other_ranks(trainer: pl.Trainer) -> None:
+    """Kill the ranks Lightning's subprocess launcher started (none under srun or torchrun, whose
+    launchers end the other tasks themselves), as Lightning does on a keyboard interrupt."""
+    launcher = trainer.strategy.launcher
+    if launcher is not None:
+        launcher.kill(getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:

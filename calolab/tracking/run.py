@@ -12,6 +12,14 @@ re-evaluation), and a failed or interrupted re-evaluation is recorded beside it,
 ``calolab.reevaluation_error`` and the artifact ``reevaluation_error.txt``. While the run is
 open MLflow shows it RUNNING; its previous status is kept in a tag meanwhile, so that a
 re-evaluation killed without a chance to clean up (SIGKILL) is repaired by the next one.
+
+Under DDP only the main process (:func:`calolab.ranks.is_main_process`) creates the run. While it
+is open its id is exported as ``$CALOLAB_RUN_ID``, which the ranks Lightning's launcher starts
+inherit; ranks started by ``srun`` or torchrun learn it later (:meth:`TrackedRun.follow`, from a
+broadcast once the process group exists). On the other ranks a TrackedRun writes nothing, unless
+their training fails: then that rank ends the run FAILED itself, with its reason, since the main
+process may be blocked in a collective or killed by Lightning's launcher. The first failure
+recorded is the reason; a later one (rank 0 losing its peer) keeps it and adds its traceback.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from calolab.keys import (
     REEVALUATION_ERROR_TAG,
     REOPENED_STATUS_TAG,
 )
+from calolab.ranks import is_main_process, rank_label
 from calolab.tracking.hydra_job import multirun_tags
 from calolab.tracking.naming import run_name as default_run_name
 from calolab.tracking.params import scrub_uri
@@ -43,6 +52,8 @@ __all__ = ["ERROR_TAG", "RunNotFoundError", "TrackedRun"]
 #: MLflow's longest tag value; reasons are cut to this
 MAX_REASON = 5000
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
+#: the id of the run the ranks of this training belong to (exported by the main process)
+RUN_ID_VARIABLE = "CALOLAB_RUN_ID"
 
 
 class RunNotFoundError(CalolabError, LookupError):
@@ -81,11 +92,22 @@ class TrackedRun:
         self.run_name, self.tags = run_name, {k: str(v) for k, v in (tags or {}).items()}
         self.run_id, self.nested, self.description = run_id, nested, description
         self.reopened = run_id is not None
+        # decided once: the other DDP ranks of a new run only record their failure in it
+        self.follower = not self.reopened and not is_main_process()
         self._previous: tuple[str, int | None] | None = None  # status and end time of a re-opened run
         self._env_uri: str | None = None
+        self._env_run_id: str | None = None
         self._run = None
 
+    def follow(self, run_id: str | None) -> None:
+        """On another rank: the id of the main process's run (where this rank's failure goes)."""
+        if self.follower and run_id:
+            self.run_id = run_id
+
     def __enter__(self) -> TrackedRun:
+        if self.follower:
+            self.run_id = os.environ.get(RUN_ID_VARIABLE) or None
+            return self
         # MLflow also exports the URI as $MLFLOW_TRACKING_URI; given back on exit, so that a later
         # TrackingStore.resolve in this process does not take this store for the user's choice
         self._env_uri = os.environ.get(URI_VARIABLE)
@@ -106,8 +128,14 @@ class TrackedRun:
         tags = {**multirun_tags(), **self.tags}
         self._run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name, tags=tags, nested=self.nested)
         self.run_id = self._run.info.run_id
+        self._env_run_id = os.environ.get(RUN_ID_VARIABLE)
+        os.environ[RUN_ID_VARIABLE] = self.run_id  # inherited by the ranks Lightning starts
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.follower:
+            if exc_type is not None and self.run_id:
+                self._record_rank_failure(exc_type, exc, tb)
+            return False
         try:
             if self.reopened:
                 self._close_reopened(exc_type, exc, tb)
@@ -122,6 +150,11 @@ class TrackedRun:
             os.environ.pop(URI_VARIABLE, None)
         else:
             os.environ[URI_VARIABLE] = self._env_uri
+        if self.run_id is not None and os.environ.get(RUN_ID_VARIABLE) == self.run_id:
+            if self._env_run_id is None:
+                os.environ.pop(RUN_ID_VARIABLE, None)
+            else:
+                os.environ[RUN_ID_VARIABLE] = self._env_run_id
 
     def _close(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -129,12 +162,27 @@ class TrackedRun:
             return
         status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
         try:
-            mlflow.set_tag(ERROR_TAG, _reason(exc_type, exc))
+            if ERROR_TAG not in self.store.client().get_run(self.run_id).data.tags:  # another rank failed first
+                mlflow.set_tag(ERROR_TAG, _reason(exc_type, exc))
             mlflow.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "error.txt")
         except Exception:  # never mask the original error with a tracking error
             pass
         finally:
             mlflow.end_run(status)
+
+    def _record_rank_failure(self, exc_type, exc, tb) -> None:
+        """Another rank failed: its reason (unless one is recorded already) and traceback, then FAILED."""
+        label = rank_label()
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            client = self.store.client()
+            if ERROR_TAG not in client.get_run(self.run_id).data.tags:
+                client.set_tag(self.run_id, ERROR_TAG, f"{label}: {_reason(exc_type, exc)}"[:MAX_REASON])
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            client.log_text(self.run_id, text, f"error_{label.replace(' ', '_')}.txt")
+            client.set_terminated(self.run_id, status)
+        except Exception:  # never mask the original error with a tracking error
+            pass
 
     # -- re-opened runs ------------------------------------------------------------------------
     def _reopen(self) -> None:
