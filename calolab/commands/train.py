@@ -1,4 +1,5 @@
-"""``calolab train``: one tracked training (``-m`` for sweeps); prints the run, its metrics and
+"""``calolab train``: one tracked training (``-m`` for sweeps); prints the run, its metrics with
+their uncertainties (a bound as "> X"), the net-vs-baseline comparisons ("resolved" or not) and
 how to open the MLflow UI on the store the run went to."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from calolab.app import hydra_app
+from calolab.evaluation.uncertainty import VS, comparison_lines, format_metric, is_uncertainty_key
 from calolab.keys import HEADLINE_METRICS, TEST_AUC
 from calolab.pipeline.train import train
 
@@ -20,18 +22,24 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     m = result["metrics"]
     heading, hint = run_report(cfg, result)
     print(heading)
-    for key in headline(m):
-        print(f"  {key:<36} {m[key]:.4g}")
+    print("\n".join(summary_lines(m)))
     print(hint)
     return m.get(TEST_AUC)
 
 
 def headline(metrics: dict[str, float]) -> list[str]:
     """The metrics worth a line: the headline ones, the net at the baseline's working point, each baseline's AUC."""
-    shown = [k for k in HEADLINE_METRICS if k in metrics]
-    shown += sorted(k for k in metrics if k.startswith("test/eff_at_") and k not in shown)
-    shown += sorted(k for k in metrics if k.startswith("test/") and k.endswith("_auc") and k not in shown)
+    figures = {k for k in metrics if not is_uncertainty_key(k) and VS not in k}
+    shown = [k for k in HEADLINE_METRICS if k in figures]
+    shown += sorted(k for k in figures if k.startswith("test/eff_at_") and k not in shown)
+    shown += sorted(k for k in figures if k.startswith("test/") and k.endswith("_auc") and k not in shown)
     return shown
+
+
+def summary_lines(metrics: dict[str, float]) -> list[str]:
+    """The end-of-run summary: each headline metric with its uncertainty, then the comparisons."""
+    lines = [f"  {key:<36} {format_metric(metrics, key)}" for key in headline(metrics)]
+    return lines + [f"  {line}" for line in comparison_lines(metrics)]
 
 
 def run_report(cfg: DictConfig, result: dict) -> tuple[str, str]:

@@ -48,6 +48,8 @@ class Decision:
         lock: the lock kind the decision section ran under.
         decided_at: UTC time of the decision.
         report_run_id: the MLflow run holding the report (set once logged).
+        comparisons: candidate-vs-champion lines with their paired uncertainty ("candidate vs
+            champion (test/auc): +0.003 +- 0.002 (not resolved; n_eff ...)"), set by the report.
     """
 
     model_name: str
@@ -64,6 +66,7 @@ class Decision:
     lock: str = ""
     decided_at: str = ""
     report_run_id: str | None = None
+    comparisons: list[str] = field(default_factory=list)
 
     @property
     def promoted(self) -> bool:

@@ -3,7 +3,12 @@
 - ``dataset``: candidate and champion were scored on the same frozen test set (same dataset
   digest); a mismatch is refused as bad input unless forced, and a forced one is recorded.
 - ``metric``: the candidate beats the champion on the configured metric by at least
-  ``min_improvement`` (both recomputed on the same events); the champion itself never passes.
+  ``min_improvement`` (both recomputed on the same events) and, with ``min_improvement_sigma``,
+  by more than that many standard deviations of the difference (paired bootstrap over the same
+  test events when the scores are given, else the two models' own errors in quadrature, which
+  overstates the spread of correlated models); a difference within it is "not resolved". A
+  rejection that either model only bounds (no background passing) is never compared as a
+  number: the gate says "not resolved" and decides on ``test/auc``. The champion never passes.
 - ``parity``: the registered ONNX file scores the test events as the restored PyTorch net does
   (:func:`calolab.export.check_parity`, onnxruntime at several batch sizes).
 - ``latency`` (optional): median onnxruntime CPU latency at batch 1 under a ceiling.
@@ -13,14 +18,18 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from calolab.errors import CalolabError, ConfigError
+from calolab.evaluation import uncertainty as U
+from calolab.evaluation.bootstrap import bootstrap, paired_difference
 from calolab.evaluation.metrics import jsd, roc_curve
 from calolab.registry.errors import DigestMismatchError
 from calolab.registry.policy import DecorrelationPolicy, GatePolicy, LatencyPolicy, ParityPolicy
@@ -64,14 +73,79 @@ def dataset_gate(
     return GateResult("dataset", PASS, f"forced: {message}; each model scored on its own test split")
 
 
+#: the metric a gate falls back on when the configured one is a bound for either model
+RESOLVED_FALLBACK = "test/auc"
+
+
+def paired_comparisons(
+    label: np.ndarray,
+    candidate_score: np.ndarray,
+    champion_score: np.ndarray,
+    weight: np.ndarray | None = None,
+    *,
+    replicas: int = 1000,
+    seed: int = 0,
+) -> dict[str, U.Comparison]:
+    """Candidate minus champion of each promotion metric on the same events, by a paired bootstrap.
+
+    Both models' figures come from the same replica weights, so the spread of the difference
+    accounts for their correlation; a rejection unresolved in more than 5% of the replicas (no
+    background passing) gives a comparison marked as a bound. ``replicas``/``seed``: the
+    policy's ``bootstrap_replicas``/``bootstrap_seed``.
+    """
+    from calolab.evaluation.metrics import auc, rejection_at_efficiency
+
+    y = np.asarray(label)
+    w = None if weight is None else np.asarray(weight, dtype=np.float64)
+    reps = bootstrap(
+        y,
+        {"candidate": candidate_score, "champion": champion_score},
+        w,
+        replicas=replicas,
+        seed=seed,
+    )
+    n_sig = U.effective_count(np.ones(int(y.sum())) if w is None else w[y == 1])
+    n_bkg = U.effective_count(np.ones(int((y == 0).sum())) if w is None else w[y == 0])
+    out = {}
+    for key, read in (
+        ("test/auc", lambda s: auc(y, s, w)),
+        ("test/rej50", lambda s: rejection_at_efficiency(y, s, 0.5, w)),
+        ("test/rej80", lambda s: rejection_at_efficiency(y, s, 0.8, w)),
+    ):
+        name = key.removeprefix("test/")
+        unresolved, err = paired_difference(reps["candidate"][name], reps["champion"][name])
+        diff = read(candidate_score) - read(champion_score)
+        out[key] = U.Comparison("candidate", "champion", key, diff, err, n_sig, n_bkg, bound=unresolved > 0.05)
+    return out
+
+
+def _is_bound(metrics: Mapping[str, float], key: str) -> bool:
+    return metrics.get(key + U.IS_BOUND, 0.0) >= 0.5
+
+
+def _own_error(metrics: Mapping[str, float], key: str) -> float:
+    """A model's own standard deviation of ``key`` (NaN when none was computed)."""
+    if key + U.ERR in metrics:
+        return float(metrics[key + U.ERR])
+    if key + U.ERR_LO in metrics and key + U.ERR_HI in metrics:
+        return 0.5 * float(metrics[key + U.ERR_LO] + metrics[key + U.ERR_HI])
+    return math.nan
+
+
 def metric_gate(
     policy: GatePolicy,
     candidate: dict[str, float],
     champion: dict[str, float] | None,
     champion_version: str | None,
     candidate_is_champion: bool,
+    paired: Mapping[str, U.Comparison] | None = None,
 ) -> GateResult:
-    """The candidate must improve ``policy.metric`` by at least ``policy.min_improvement``."""
+    """The candidate must improve ``policy.metric`` by at least ``policy.min_improvement``.
+
+    Args:
+        paired: metric -> candidate-vs-champion :class:`~calolab.evaluation.uncertainty.Comparison`
+            on the same events (:func:`paired_comparisons`); used for ``min_improvement_sigma``.
+    """
     m = policy.metric
     value = candidate[m]
     if candidate_is_champion:
@@ -79,13 +153,39 @@ def metric_gate(
             "metric", FAIL, f"not better than champion: it is the champion (v{champion_version}, {m} {value:.6g})"
         )
     if champion is None:
-        return GateResult("metric", PASS, f"{m} {value:.6g}; no champion yet (first promotion)")
-    gain = policy.improvement(value, champion[m])
+        return GateResult("metric", PASS, f"{m} {U.format_metric(candidate, m)}; no champion yet (first promotion)")
+    prefix = ""
+    if _is_bound(candidate, m) or _is_bound(champion, m) or (paired and m in paired and paired[m].bound):
+        prefix = (
+            f"{m} candidate {U.format_metric(candidate, m)} vs champion v{champion_version} "
+            f"{U.format_metric(champion, m)}: not resolved (a bound is not a number to compare); "
+        )
+        fallback = RESOLVED_FALLBACK
+        if m == fallback or fallback not in candidate or fallback not in champion:
+            return GateResult("metric", FAIL, prefix + "no resolved metric to decide on")
+        prefix += f"decided on {fallback}: "
+        m = fallback
+    gain = policy.improvement(candidate[m], champion[m])
+    ok = gain >= policy.min_improvement
     text = (
-        f"{m} {value:.6g} vs champion v{champion_version} {champion[m]:.6g} ({policy.mode}): "
-        f"improvement {gain:+.6g} {'>=' if gain >= policy.min_improvement else '<'} {policy.min_improvement:g}"
+        f"{m} {candidate[m]:.6g} vs champion v{champion_version} {champion[m]:.6g} ({policy.mode}): "
+        f"improvement {gain:+.6g} {'>=' if ok else '<'} {policy.min_improvement:g}"
     )
-    return GateResult("metric", PASS if gain >= policy.min_improvement else FAIL, text)
+    k = policy.min_improvement_sigma
+    if k is not None:
+        if paired and m in paired:
+            err, how = paired[m].err, "paired bootstrap on the same test events"
+        else:
+            err, how = math.hypot(_own_error(candidate, m), _own_error(champion, m)), "both models' own errors"
+        if not math.isfinite(err):
+            return GateResult("metric", FAIL, prefix + text + f"; not resolved: no uncertainty of {m} to compare with")
+        resolved = gain > k * err
+        text += (
+            f"; {gain:+.3g} +- {err:.2g} ({how}) {'>' if resolved else '<='} {k:g} sigma: "
+            f"{'resolved' if resolved else 'not resolved'}"
+        )
+        ok = ok and resolved
+    return GateResult("metric", PASS if ok else FAIL, prefix + text)
 
 
 def parity_gate(onnx_path: Path, reference, inputs: list[np.ndarray], policy: ParityPolicy) -> GateResult:

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from calolab.errors import ConfigError, check_number, suggest
+from calolab.evaluation.bootstrap import check_replicas
 
 #: Metrics a promotion can be decided on; each is recomputed on the frozen test split.
 METRICS = ("test/auc", "test/rej50", "test/rej80")
@@ -106,6 +107,10 @@ class GatePolicy:
         metric: the metric the candidate must improve (one of :data:`METRICS`).
         mode: ``max`` when higher is better, ``min`` when lower is better.
         min_improvement: the candidate must beat the champion by at least this much.
+        min_improvement_sigma: None, or also by more than this many standard deviations of the
+            difference on the same test events (paired bootstrap: the same replica weights for
+            both models); a difference within it is refused as "not resolved".
+        bootstrap_replicas, bootstrap_seed: the replicas of that paired bootstrap.
         parity, latency, decorrelation: the other gates.
         force_digest: accept a candidate whose dataset digest differs from the champion's.
         lock_timeout_s: how long to wait for a concurrent promotion of the same model.
@@ -114,6 +119,9 @@ class GatePolicy:
     metric: str
     mode: str
     min_improvement: float
+    min_improvement_sigma: float | None
+    bootstrap_replicas: int
+    bootstrap_seed: int
     parity: ParityPolicy
     latency: LatencyPolicy
     decorrelation: DecorrelationPolicy
@@ -129,6 +137,10 @@ class GatePolicy:
         if self.mode not in MODES:
             raise ConfigError(f"registry.mode must be 'max' or 'min', but got mode={self.mode!r}")
         check_number("registry.min_improvement", self.min_improvement)
+        check_number("registry.min_improvement_sigma", self.min_improvement_sigma, 0, allow_none=True)
+        check_replicas(self.bootstrap_replicas, "registry.bootstrap_replicas")
+        if isinstance(self.bootstrap_seed, bool) or not isinstance(self.bootstrap_seed, int) or self.bootstrap_seed < 0:
+            raise ConfigError(f"registry.bootstrap_seed must be an integer >= 0, but got {self.bootstrap_seed!r}")
         if not isinstance(self.force_digest, bool):
             raise ConfigError(f"registry.force_digest must be true or false, but got {self.force_digest!r}")
         check_number("registry.lock_timeout_s", self.lock_timeout_s, 0)

@@ -3,7 +3,10 @@
 Each decision gets its own run ``promote-<model>-v<version>`` in the candidate's experiment,
 tagged ``calolab.kind=promotion`` (so it is never taken for a training), with the gates, both
 models' metrics as ``candidate/<metric>`` and ``champion/<metric>``, and the artifacts
-``promotion/report.md``, ``promotion/roc_overlay.png`` and ``promotion/decision.json``.
+``promotion/report.md``, ``promotion/roc_overlay.png`` and ``promotion/decision.json``. Every
+figure is shown with its uncertainty (a rejection the test set only bounds as "> X"), and the
+candidate-vs-champion differences with a paired bootstrap over the same test events, as
+"candidate vs champion (test/auc): +0.003 +- 0.002 (not resolved; n_eff ...)" lines.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import tempfile
 from pathlib import Path
 
 from calolab.evaluation import plots
+from calolab.evaluation import uncertainty as U
 from calolab.registry.decision import Decision
+from calolab.registry.gates import paired_comparisons
 from calolab.registry.scoring import Scores
 from calolab.registry.selection import KIND_TAG
 
@@ -36,6 +41,21 @@ def roc_overlay(path: Path, decision: Decision, candidate: Scores, champion: Sco
             }
         )
     return plots.plot_roc(path, curves, title=decision.model_name, n_events=candidate.test.n_events)
+
+
+def comparisons(
+    decision: Decision, candidate: Scores, champion: Scores | None, replicas: int = 1000, seed: int = 0
+) -> list[U.Comparison]:
+    """Candidate minus champion on the same test events (paired bootstrap); none without a champion
+    or when the two were scored on different test sets (forced), where no pairing exists."""
+    if champion is None or decision.candidate_is_champion or champion.test.digest != candidate.test.digest:
+        return []
+    test = candidate.test
+    return list(
+        paired_comparisons(
+            test.label, candidate.score, champion.score, test.weight, replicas=replicas, seed=seed
+        ).values()
+    )
 
 
 def markdown(decision: Decision, candidate: Scores, champion: Scores | None) -> str:
@@ -65,12 +85,23 @@ def markdown(decision: Decision, candidate: Scores, champion: Scores | None) -> 
         f"| metric | candidate v{d.version} | champion {f'v{d.champion_version}' if d.champion_version else '-'} | difference |",
         "|---|---|---|---|",
     ]
+    theirs = d.champion_metrics or {}
     for key, value in d.candidate_metrics.items():
-        other = (d.champion_metrics or {}).get(key)
-        lines.append(
-            f"| {key} | {value:.6g} | {'-' if other is None else f'{other:.6g}'} | "
-            f"{'-' if other is None else f'{value - other:+.6g}'} |"
-        )
+        if U.is_uncertainty_key(key):
+            continue
+        other = theirs.get(key)
+        bound = U.IS_BOUND
+        if other is None:
+            diff = "-"
+        elif d.candidate_metrics.get(key + bound, 0.0) >= 0.5 or theirs.get(key + bound, 0.0) >= 0.5:
+            diff = "not resolved (bound)"
+        else:
+            diff = f"{value - other:+.6g}"
+        mine = U.format_metric(d.candidate_metrics, key)
+        lines.append(f"| {key} | {mine} | {'-' if other is None else U.format_metric(theirs, key)} | {diff} |")
+    if d.comparisons:
+        lines += ["", "## Candidate vs champion on the same test events (paired bootstrap)", ""]
+        lines += [f"- {line}" for line in d.comparisons]
     lines += ["", "![ROC overlay](roc_overlay.png)", ""]
     return "\n".join(lines)
 
@@ -102,6 +133,7 @@ def log_report(store, experiment: str, decision: Decision, candidate: Scores, ch
     name = f"promote-{decision.model_name}-v{decision.version}"
     with TrackedRun(store, experiment, run_name=name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        decision.comparisons = [c.line() for c in comparisons(decision, candidate, champion)]
         metrics = {f"candidate/{k}": v for k, v in decision.candidate_metrics.items()}
         metrics.update({f"champion/{k}": v for k, v in (decision.champion_metrics or {}).items()})
         mlflow.log_metrics(metrics)
