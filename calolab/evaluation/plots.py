@@ -86,7 +86,8 @@ def plot_roc(
             optionally ``"band": {"eff_sig", "lo", "hi"}``: the rejection's 68% band (bootstrap
             replicas), drawn shaded in the curve's colour (an infinite upper end: to the top), and
             ``"auc_err"`` shown in the legend.
-        points: ``{"name", "eff_sig", "rejection"}`` per cut-based working point (a marker).
+        points: ``{"name", "eff_sig", "rejection"}`` per cut-based working point (a marker), with
+            ``"bound": True`` when the rejection is a lower bound (drawn as an upward triangle).
     """
     with _figure(path, _rlabel(title, n_events)) as (_, ax):
         top = 1.0
@@ -110,7 +111,17 @@ def plot_roc(
         ax.plot(grid, 1.0 / grid, ls=":", color="grey", label="Random (AUC = 0.5)")
         for point in points:
             top = max(top, float(point["rejection"]))
-            ax.plot([point["eff_sig"]], [point["rejection"]], ls="none", marker="*", ms=16, label=point["name"])
+            if point.get("bound"):  # no background passes: the rejection is only bounded from below
+                ax.plot(
+                    [point["eff_sig"]],
+                    [point["rejection"]],
+                    ls="none",
+                    marker="^",
+                    ms=12,
+                    label=f"{point['name']} (lower bound)",
+                )
+            else:
+                ax.plot([point["eff_sig"]], [point["rejection"]], ls="none", marker="*", ms=16, label=point["name"])
         ax.set_yscale("log")
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(bottom=1.0, top=top * 3)

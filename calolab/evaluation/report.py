@@ -471,7 +471,8 @@ class ClassifierEvaluation:
             )
             described[wp]["classifier_threshold_at_rejection"] = net_thr
             label = self._baseline(wp).label
-            roc_points.append({"name": label, "eff_sig": base_eff, "rejection": base_rej})
+            wp_rej = m[f"test/{wp}_rej"]  # a lower bound (drawn as one) when the cuts keep no background
+            roc_points.append({"name": label, "eff_sig": base_eff, "rejection": wp_rej, "bound": base_eb <= 0})
             working_points = {
                 "classifier": (f"Network at {label} " + r"$1/\varepsilon_B$", s >= net_thr),
                 "cut_based": (label, base_pass),  # a baseline's working point is a selection (cuts)
