@@ -1,0 +1,138 @@
+"""Issue 12: two-process DDP (gloo, CPU) trainings end to end through the command line.
+
+A smoke training with ``trainer=ddp devices=2`` makes one FINISHED MLflow run with its metrics
+once per epoch, its params and its ONNX model; a rank that raises mid-epoch (rank 1, a re-executed
+child, or rank 0, the launching process) ends that one run FAILED with its reason, the command
+exits non-zero and no rank is left running. The failure comes from :class:`FailOnRank`, a test-only
+callback added with a ``+callbacks.`` override: calolab itself has no failure switch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from mlflow.tracking import MlflowClient
+
+from calolab.app import ROOT_DIR
+from tests.conftest import run_cli, smoke_args
+
+#: two ranks on a shared 2-core machine: minutes, not seconds
+TIMEOUT = 900
+
+
+class FailOnRank(pl.Callback):
+    """Raises on ``rank`` at training batch ``batch`` of the first epoch (a test's injected failure)."""
+
+    def __init__(self, rank: int, batch: int = 1):
+        self.rank, self.batch = rank, batch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_rank == self.rank and trainer.current_epoch == 0 and batch_idx == self.batch:
+            raise RuntimeError(f"injected failure on rank {self.rank}")
+
+
+def ddp_args(data_dir: Path, db: Path, *extra: str) -> list[str]:
+    return smoke_args(
+        data_dir,
+        f"tracking.uri=sqlite:///{db}",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    )
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Pids of live processes (not zombies) whose command line contains ``marker`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_no_process(marker: str, seconds: float = 20) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (left := processes_mentioning(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def only_run(db: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("photon_id")
+    runs = client.search_runs([exp.experiment_id]) if exp is not None else []
+    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
+    return client, runs[0]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_one_finished_run(smoke_data, tmp_path):
+    """`python -m calolab train trainer=ddp devices=2`: the child rank re-executes correctly; one run."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    res = subprocess.run(
+        [sys.executable, "-m", "calolab", "train", *ddp_args(smoke_data, db)],
+        cwd=ROOT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert "MEMBER: 2/2" in res.stdout + res.stderr  # a second rank did join
+    client, run = only_run(db)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["trainer.devices"] == "2" and params["trainer.strategy"] == "ddp"
+    assert params["trainer.max_epochs"] == "2"
+    for key in ("train/loss", "val/loss", "val/auc"):  # rank 0 alone logs: once per epoch, not once per rank
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == sorted({m.step for m in history}) and len(history) == 2, (key, history)
+    assert len(client.get_metric_history(run.info.run_id, "test/auc")) == 1
+    assert run.data.metrics["export/onnx_max_abs_diff"] < 1e-4
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "checkpoints", "onnx", "evaluation"} <= names
+    assert not [n for n in names if n.startswith("error")]
+    models = client.search_logged_models([run.info.experiment_id])
+    assert {"pytorch", "onnx"} <= {m.name for m in models if m.source_run_id == run.info.run_id}
+    assert wait_no_process(str(db)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [1, 0])
+def test_rank_failure_ends_the_run_failed(smoke_data, tmp_path, rank):
+    """A rank raising mid-epoch: the one run FAILED with that rank's error, non-zero exit, no rank left."""
+    db = tmp_path / "mlflow.db"
+    args = ddp_args(
+        smoke_data,
+        db,
+        f"+callbacks.fail._target_={FailOnRank.__module__}.FailOnRank",
+        f"+callbacks.fail.rank={rank}",
+    )
+    # the re-executed rank imports the callback from tests/: the checkout on the path
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT_DIR), os.environ.get("PYTHONPATH")) if p)}
+    res = run_cli("train", *args, env=env, timeout=TIMEOUT)
+    assert res.returncode != 0, res.stdout[-3000:]
+    _, run = only_run(db)
+    assert run.info.status == "FAILED"
+    reason = run.data.tags["calolab.error"]
+    assert f"injected failure on rank {rank}" in reason, reason
+    if rank:  # recorded by the failing child itself, before Lightning's launcher killed rank 0
+        assert reason.startswith(f"rank {rank}: RuntimeError"), reason
+    assert wait_no_process(str(db)) == [], "a rank outlived the command"
