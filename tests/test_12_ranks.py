@@ -7,6 +7,7 @@ builds the command it would re-execute and the SLURM environment it would train 
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -130,3 +131,49 @@ def test_ddp_slurm_selects_lightnings_slurm_environment(clean_env, compose_cfg, 
     assert (trainer.global_rank, trainer.local_rank, trainer.node_rank, trainer.world_size, trainer.num_nodes) == ranks
     assert cluster.main_address == "gpu017"
     assert is_main_process() is (ranks[0] == 0)
+
+
+def test_other_rank_waits_for_the_sample_and_never_generates(clean_env, tmp_path):
+    """Rank 1 with no sample yet: waits for rank 0's (here: in vain, a short limit) and writes nothing."""
+    from omegaconf import OmegaConf
+
+    from calolab.app import compose_config
+    from calolab.pipeline.samples import ensure_sample
+    from tests.conftest import smoke_args
+
+    cfg = compose_config("train", smoke_args(tmp_path))
+    gen = OmegaConf.to_container(cfg.generate, resolve=True)
+    clean_env.setenv("LOCAL_RANK", "1")
+    clean_env.setenv("CALOLAB_RANK_WAIT_S", "0.3")
+    with pytest.raises(RankWaitTimeout, match="rank 1 waited 0 s for the photons sample"):
+        ensure_sample(gen, progress=False)
+    assert not any(tmp_path.iterdir()), "a non-main rank wrote into the data folder"
+
+
+def test_other_rank_creates_no_run_and_ends_the_main_run_failed(clean_env, tmp_path):
+    """TrackedRun on rank 1: no run of its own; its failure ends rank 0's run FAILED with its reason,
+    and rank 0 failing afterwards (its peer gone) keeps that first reason."""
+    from mlflow.tracking import MlflowClient
+
+    from calolab.tracking import TrackedRun, TrackingStore
+    from calolab.tracking.run import RUN_ID_VARIABLE
+
+    store = TrackingStore.resolve(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    client = MlflowClient(tracking_uri=store.uri)
+    with pytest.raises(ValueError), TrackedRun(store, "ddp") as main_run:
+        assert main_run.run_id and os.environ[RUN_ID_VARIABLE] == main_run.run_id  # what the launcher's ranks inherit
+        clean_env.setenv("LOCAL_RANK", "1")  # from here on: another rank, as a re-executed child sees it
+        with pytest.raises(RuntimeError), TrackedRun(store, "ddp") as other:
+            assert other.follower and other.run_id == main_run.run_id
+            raise RuntimeError("out of memory on rank 1")
+        clean_env.delenv("LOCAL_RANK")
+        assert client.get_run(main_run.run_id).info.status == "FAILED"
+        raise ValueError("gloo: connection closed by peer")
+    assert RUN_ID_VARIABLE not in os.environ
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert [r.info.run_id for r in runs] == [main_run.run_id]
+    run = runs[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["calolab.error"] == "rank 1: RuntimeError: out of memory on rank 1"
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"error_rank_1.txt", "error.txt"} <= names
