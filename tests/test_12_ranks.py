@@ -177,3 +177,16 @@ def test_other_rank_creates_no_run_and_ends_the_main_run_failed(clean_env, tmp_p
     assert run.data.tags["calolab.error"] == "rank 1: RuntimeError: out of memory on rank 1"
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"error_rank_1.txt", "error.txt"} <= names
+
+
+def test_lightning_sigterm_ends_the_run_killed(clean_env, tmp_path):
+    """SLURM's time limit or `scontrol requeue` (SIGTERM -> Lightning's SIGTERMException): KILLED, not FAILED."""
+    from mlflow.tracking import MlflowClient
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from calolab.tracking import TrackedRun, TrackingStore
+
+    store = TrackingStore.resolve(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    with pytest.raises(SIGTERMException), TrackedRun(store, "ddp") as run:
+        raise SIGTERMException
+    assert MlflowClient(tracking_uri=store.uri).get_run(run.run_id).info.status == "KILLED"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Iterator, Mapping
@@ -160,7 +161,7 @@ class TrackedRun:
         if exc_type is None:
             mlflow.end_run("FINISHED")
             return
-        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        status = _end_status(exc_type)
         try:
             if ERROR_TAG not in self.store.client().get_run(self.run_id).data.tags:  # another rank failed first
                 mlflow.set_tag(ERROR_TAG, _reason(exc_type, exc))
@@ -173,7 +174,7 @@ class TrackedRun:
     def _record_rank_failure(self, exc_type, exc, tb) -> None:
         """Another rank failed: its reason (unless one is recorded already) and traceback, then FAILED."""
         label = rank_label()
-        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        status = _end_status(exc_type)
         try:
             client = self.store.client()
             if ERROR_TAG not in client.get_run(self.run_id).data.tags:
@@ -249,6 +250,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _end_status(exc_type) -> str:
+    """KILLED for an interruption (Ctrl-C, SIGTERM under :func:`sigterm_as_interrupt`, or Lightning's
+    ``SIGTERMException``: a batch system's time limit or ``scontrol requeue``), else FAILED."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "KILLED"
+    lightning = sys.modules.get("pytorch_lightning.utilities.exceptions")  # imported when Lightning trained
+    if lightning is not None and issubclass(exc_type, lightning.SIGTERMException):
+        return "KILLED"
+    return "FAILED"
 
 
 def _reason(exc_type, exc) -> str:
