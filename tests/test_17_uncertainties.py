@@ -249,3 +249,15 @@ def test_bad_sigma_option_is_refused():
         gate_policy(min_improvement_sigma=-1)
     with pytest.raises(ConfigError, match="bootstrap_replicas must be an integer >= 2"):
         gate_policy(bootstrap_replicas=1)
+
+
+def test_tiny_samples_and_unresolved_replicas_do_not_warn():
+    # a few dozen test events (a smoke training): replicas without background, rejections inf
+    y = np.array([0, 1] * 6)
+    s = np.linspace(0, 1, 12) + 0.5 * y
+    reps = B.bootstrap(y, {"a": s, "b": s**2}, replicas=200, seed=0, working_point=s > 0.8)
+    assert np.isinf(reps["a"]["rej50"]).any()
+    unresolved, err = B.paired_difference(reps["a"]["rej50"], reps["b"]["rej50"])
+    assert unresolved > 0.05 and (np.isnan(err) or err >= 0)
+    paired = G.paired_comparisons(y, s, s**2, replicas=200)
+    assert paired["test/rej50"].bound and "not resolved" in paired["test/rej50"].line()

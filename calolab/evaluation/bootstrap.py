@@ -202,6 +202,8 @@ def bootstrap(
         where no background passes: unresolved).
     """
     check_replicas(replicas)
+    if not scores:
+        raise ConfigError("expected at least one discriminant to bootstrap, but got none")
     y, _, base_w = _event_arrays(label, next(iter(scores.values())), weight)
     rankings = {}
     for name, s in scores.items():
@@ -218,24 +220,30 @@ def bootstrap(
     wp_out: dict[str, list] = {"eff": [], "bkg_eff": []}
     for start in range(0, replicas, CHUNK):
         k = min(CHUNK, replicas - start)
-        draws = poisson1(rng, (k, y.size))  # (k, N) uint8, event order of the inputs
-        targets = None
-        if wp is not None:
-            pw = draws * base_w  # (k, N)
-            s_tot, b_tot = pw[:, y].sum(axis=1), pw[:, ~y].sum(axis=1)
-            wp_out["eff"].append(pw[:, y & wp].sum(axis=1) / s_tot)
-            targets = pw[:, ~y & wp].sum(axis=1) / b_tot
-            wp_out["bkg_eff"].append(targets)
-        for name, r in rankings.items():
-            pw_s = draws[:, r.sig] * base_w[r.sig]  # (k, Ns) float64
-            pw_b = draws[:, r.bkg] * base_w[r.bkg]  # (k, Nb)
-            got = _readouts(r, pw_s, pw_b, efficiencies, grid, targets)
-            for key in keys:
-                out[name][key].append(got["eff_at_rej" if key == "eff_at_wp_rej" else key])
+        with np.errstate(divide="ignore", invalid="ignore"):  # a tiny sample's replica may lack a class
+            _chunk(rng, k, y, base_w, wp, rankings, efficiencies, grid, keys, out, wp_out)
     result = {name: {k: np.concatenate(v) for k, v in d.items()} for name, d in out.items()}
     if wp is not None:
         result["_working_point"] = {k: np.concatenate(v) for k, v in wp_out.items()}
     return result
+
+
+def _chunk(rng, k, y, base_w, wp, rankings, efficiencies, grid, keys, out, wp_out) -> None:
+    """One chunk of ``k`` replicas: draw, then read every discriminant out (appended to ``out``)."""
+    draws = poisson1(rng, (k, y.size))  # (k, N) uint8, event order of the inputs
+    targets = None
+    if wp is not None:
+        pw = draws * base_w  # (k, N)
+        s_tot, b_tot = pw[:, y].sum(axis=1), pw[:, ~y].sum(axis=1)
+        wp_out["eff"].append(pw[:, y & wp].sum(axis=1) / s_tot)
+        targets = pw[:, ~y & wp].sum(axis=1) / b_tot
+        wp_out["bkg_eff"].append(targets)
+    for name, r in rankings.items():
+        pw_s = draws[:, r.sig] * base_w[r.sig]  # (k, Ns) float64
+        pw_b = draws[:, r.bkg] * base_w[r.bkg]  # (k, Nb)
+        got = _readouts(r, pw_s, pw_b, efficiencies, grid, targets)
+        for key in keys:
+            out[name][key].append(got["eff_at_rej" if key == "eff_at_wp_rej" else key])
 
 
 def spread(values: np.ndarray) -> float:
@@ -251,6 +259,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     A replica where either value is not finite (a rejection with no background passing) cannot
     take part; the fraction of such replicas says how far the difference is a measurement.
     """
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf: a replica where both are unresolved
+        d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     ok = np.isfinite(d)
     return float(1.0 - ok.mean()), spread(d[ok])
