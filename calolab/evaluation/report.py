@@ -432,7 +432,7 @@ class ClassifierEvaluation:
             roc_grid=np.asarray(ROC_BAND_GRID),
             working_point=passes[wp] if wp is not None else None,
         )
-        comparisons = self._uncertainties(m, reps, scores, wp, n_sig_eff, n_bkg_eff)
+        comparisons = self._uncertainties(m, reps, scores, n_sig_eff, n_bkg_eff)
         for curve, name in zip(curves, ["net", *scores], strict=True):
             curve["band"] = {"eff_sig": ROC_BAND_GRID, **_band(reps[name]["roc"])}
             curve["auc_err"] = spread(reps[name]["auc"])
@@ -455,7 +455,9 @@ class ClassifierEvaluation:
             key = f"test/eff_at_{wp}_rej{U.VS}{wp}"
             unresolved, err = paired_difference(reps["net"]["eff_at_wp_rej"], reps["_working_point"]["eff"])
             m[key], m[key + U.ERR] = net_eff - base_eff, err
-            if unresolved > 0.05:  # the cuts keep no background in many replicas: no difference to quote
+            if (
+                unresolved > U.UNRESOLVED_FRACTION
+            ):  # the cuts keep no background in many replicas: no difference to quote
                 m[key + U.IS_BOUND] = 1.0
             comparisons.append(
                 U.Comparison(
@@ -466,7 +468,7 @@ class ClassifierEvaluation:
                     err,
                     n_sig_eff,
                     n_bkg_eff,
-                    bound=bool(unresolved > 0.05),
+                    bound=bool(unresolved > U.UNRESOLVED_FRACTION),
                 )
             )
             described[wp]["classifier_threshold_at_rejection"] = net_thr
@@ -528,7 +530,7 @@ class ClassifierEvaluation:
             raise InputFileError(f"cannot write the evaluation summary {summary}: {err}") from err
         return result
 
-    def _uncertainties(self, m, reps, scores, wp, n_sig_eff, n_bkg_eff) -> list[U.Comparison]:
+    def _uncertainties(self, m, reps, scores, n_sig_eff, n_bkg_eff) -> list[U.Comparison]:
         """AUC errors from the replicas, and the net-vs-baseline AUC comparisons (paired)."""
         m[keys.TEST_AUC + U.ERR] = spread(reps["net"]["auc"])
         comparisons = []

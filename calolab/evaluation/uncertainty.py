@@ -30,6 +30,8 @@ ERR, ERR_LO, ERR_HI, IS_BOUND = "_err", "_err_lo", "_err_hi", "_is_bound"
 VS = "_vs_"
 #: a difference larger than this many standard deviations is resolved
 RESOLVED_SIGMA = 2.0
+#: a bootstrapped figure unresolved (no background passing) in more replicas than this is a bound
+UNRESOLVED_FRACTION = 0.05
 #: the effective signal and background counts of the test split (metric keys)
 N_SIGNAL_EFF = "test/n_signal_eff"
 N_BACKGROUND_EFF = "test/n_background_eff"

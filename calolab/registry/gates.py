@@ -115,7 +115,9 @@ def paired_comparisons(
         name = key.removeprefix("test/")
         unresolved, err = paired_difference(reps["candidate"][name], reps["champion"][name])
         diff = read(candidate_score) - read(champion_score)
-        out[key] = U.Comparison("candidate", "champion", key, diff, err, n_sig, n_bkg, bound=unresolved > 0.05)
+        out[key] = U.Comparison(
+            "candidate", "champion", key, diff, err, n_sig, n_bkg, bound=unresolved > U.UNRESOLVED_FRACTION
+        )
     return out
 
 
