@@ -228,6 +228,26 @@ def test_rollback_walks_back_through_the_history(trained):
 
 
 @pytest.mark.slow
+def test_a_gain_within_the_uncertainty_is_not_resolved(trained):
+    """Issue 17: with min_improvement_sigma the better model of a tiny test set is refused: not resolved."""
+    name = "photon_id_sigma"
+    first = promote_api(trained, name, trained.low)
+    assert first.promoted
+    fixed = ("registry.min_improvement=0",)
+    d = promote_api(trained, name, trained.high, *fixed, "registry.min_improvement_sigma=2")
+    metric = next(g for g in d.gates if g.name == "metric")
+    assert trained.auc[trained.high] > trained.auc[trained.low]  # ahead, on a few dozen test events
+    assert not d.promoted and metric.status == "fail" and "not resolved" in metric.detail, metric.detail
+    assert aliases(trained, name)["champion"] == "1"
+    # the report and the command show the paired candidate-vs-champion comparison
+    assert any(line.startswith("candidate vs champion (test/auc): +") for line in d.comparisons), d.comparisons
+    assert "not resolved" in next(line for line in d.comparisons if "(test/auc)" in line)
+    # without the sigma option the same gain passes the fixed threshold
+    d = promote_api(trained, name, trained.high, *fixed)
+    assert d.promoted, [g.tag_value() for g in d.gates]
+
+
+@pytest.mark.slow
 def test_parity_gate_failure_leaves_the_champion(trained):
     name = "parity"
     assert promote_api(trained, name, trained.worst).promoted
