@@ -101,7 +101,7 @@ class WeightedAUROC(Metric):
             t = torch.cat([v.reshape(-1) for v in values]) if isinstance(values, list) else values.reshape(-1)
             return t.cpu().double().numpy()
 
-        if not self.score:
+        if isinstance(self.score, list) and not self.score:  # after a DDP sync the states are one tensor each
             return torch.tensor(float("nan"))
         y, s, w = flat(self.label), flat(self.score), flat(self.weight)
         if y.min() == y.max() or w[y == 1].sum() <= 0 or w[y == 0].sum() <= 0:

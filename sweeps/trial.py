@@ -62,10 +62,13 @@ class TrialRun(TrackedRun):
 
     def __enter__(self) -> TrialRun:
         super().__enter__()
-        self.handle.trial.set_user_attr("mlflow_run_id", self.run_id)
+        if not self.follower:  # DDP ranks other than 0 share rank 0's run and trial
+            self.handle.trial.set_user_attr("mlflow_run_id", self.run_id)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.follower:
+            return super().__exit__(exc_type, exc, tb)
         if exc_type is not None and issubclass(exc_type, optuna.TrialPruned):
             mlflow.set_tag("optuna.state", "PRUNED")
             mlflow.end_run("KILLED")

@@ -10,6 +10,7 @@ from calolab.app import hydra_app
 from calolab.evaluation.uncertainty import VS, comparison_lines, format_metric, is_uncertainty_key
 from calolab.keys import HEADLINE_METRICS, TEST_AUC
 from calolab.pipeline.train import train
+from calolab.ranks import is_main_process
 
 
 @hydra_app("train", "train")
@@ -20,6 +21,8 @@ def main(cfg: DictConfig) -> float | list[float] | None:
         return run_trial(train, cfg)
     result = train(cfg)
     m = result["metrics"]
+    if not is_main_process():  # DDP: rank 0 reports the one run
+        return m.get(TEST_AUC)
     heading, hint = run_report(cfg, result)
     print(heading)
     print("\n".join(summary_lines(m)))
