@@ -261,3 +261,10 @@ def test_tiny_samples_and_unresolved_replicas_do_not_warn():
     assert unresolved > 0.05 and (np.isnan(err) or err >= 0)
     paired = G.paired_comparisons(y, s, s**2, replicas=200)
     assert paired["test/rej50"].bound and "not resolved" in paired["test/rej50"].line()
+
+
+def test_poisson_draws_are_the_inverse_cdf_of_the_uniforms():
+    u = np.random.default_rng(3).random((40, 5000))
+    expected = np.searchsorted(B._POISSON1_CDF, u, side="right")
+    np.testing.assert_array_equal(B.poisson1(np.random.default_rng(3), (40, 5000)), expected)
+    assert expected.max() >= 6  # the tail beyond the counted comparisons is exercised

@@ -33,8 +33,18 @@ _POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.f
 
 
 def poisson1(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """Poisson(1) draws as uint8, by inverse CDF."""
-    return np.searchsorted(_POISSON1_CDF, rng.random(size), side="right").astype(np.uint8)
+    """Poisson(1) draws as uint8, by inverse CDF: k = the number of CDF values below a uniform u.
+
+    Counted by comparisons with the first six CDF values (k <= 5 for 99.94% of draws), the rare
+    tail by a search; the same draws as ``searchsorted`` on the whole CDF, several times faster.
+    """
+    u = rng.random(size)
+    k = (u > _POISSON1_CDF[0]).view(np.uint8)
+    for c in _POISSON1_CDF[1:6]:
+        k += u > c
+    tail = u > _POISSON1_CDF[5]
+    k[tail] = np.searchsorted(_POISSON1_CDF, u[tail], side="right")
+    return k
 
 
 @dataclass(frozen=True)
