@@ -71,6 +71,20 @@ def _score_champion(store: TrackingStore, version: str, mv, test: FrozenTestSet)
     return _Champion(version=version, run_id=mv.run_id, digest=digest, scores=scores)
 
 
+def _paired(policy: GatePolicy, cand: Scores, champion: _Champion | None) -> dict | None:
+    """Candidate-vs-champion comparisons on the same events (paired bootstrap), when they share the test set."""
+    if champion is None or champion.scores.test is not cand.test:
+        return None
+    return G.paired_comparisons(
+        cand.test.label,
+        cand.score,
+        champion.scores.score,
+        cand.test.weight,
+        replicas=policy.bootstrap_replicas,
+        seed=policy.bootstrap_seed,
+    )
+
+
 def _rescore(client, store, name, current, candidate, test, force) -> tuple[_Champion | None, G.GateResult | None]:
     """Score champion ``current`` inside the lock; a mismatch or failure becomes a failed gate, not an error.
 
@@ -177,7 +191,12 @@ def promote(
                     G.GateResult("metric", G.SKIP, "no comparison: the new champion could not be scored")
                     if late is not None
                     else G.metric_gate(
-                        policy, cand.metrics, champion.scores.metrics if champion else None, current, is_champion
+                        policy,
+                        cand.metrics,
+                        champion.scores.metrics if champion else None,
+                        current,
+                        is_champion,
+                        _paired(policy, cand, champion),
                     ),
                     *early,
                 ],
