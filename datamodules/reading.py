@@ -245,6 +245,15 @@ def check_labels(values: np.ndarray, *, path: str, tree: str, branch: str) -> No
         )
 
 
+def _jagged_numbers(interp) -> bool:
+    """Whether an uproot interpretation reads a list of plain numbers per event."""
+    return (
+        isinstance(interp, uproot.AsJagged)
+        and isinstance(interp.content, uproot.AsDtype)
+        and interp.content.inner_shape == ()
+    )
+
+
 @dataclass(frozen=True)
 class TreeReader:
     """Reads one tree's configured branches from one file at a time.
@@ -303,11 +312,7 @@ class TreeReader:
                 raise KeyInFileError(branch, file=path, where=self.tree, available=names)
         for branch in self.lists:
             interp = tree[branch].interpretation
-            if (
-                not isinstance(interp, uproot.AsJagged)
-                or not isinstance(interp.content, uproot.AsDtype)
-                or interp.content.inner_shape != ()
-            ):
+            if not _jagged_numbers(interp):
                 raise InputFileError(
                     f"branch {branch!r} of {path}:{self.tree} must hold a list of numbers per event, but holds {interp}"
                 )
@@ -323,11 +328,7 @@ class TreeReader:
             if spec.jagged:
                 for branch in spec.branches:
                     interp = tree[branch].interpretation
-                    if (
-                        not isinstance(interp, uproot.AsJagged)
-                        or not isinstance(interp.content, uproot.AsDtype)
-                        or interp.content.inner_shape != ()
-                    ):
+                    if not _jagged_numbers(interp):
                         raise InputFileError(
                             f"jagged input {spec.name!r} expects branch {branch!r} of {path}:{self.tree} to hold a list of numbers per event, "
                             f"but it holds {interp}"
