@@ -235,30 +235,42 @@ def plot_average_images(
 ) -> Path:
     """Average signal image, average background image and their difference, side by side, (eta x phi).
 
-    The averages share one logarithmic colour scale (jet images span orders of magnitude); the
-    difference has a diverging scale centred at 0.
+    Non-negative averages (pT or counts) share one logarithmic colour scale (jet images span orders
+    of magnitude); averages with negative pixels (standardised inputs) share a linear diverging
+    one. The difference has a diverging scale centred at 0. The title goes in the figure's top
+    line (``title``, the input ``name``, the event count); each panel says what it shows.
     """
     sig = np.asarray(signal, dtype=np.float64)  # (eta, phi)
     bkg = np.asarray(background, dtype=np.float64)
     diff = sig - bkg
-    positive = np.concatenate([sig[sig > 0], bkg[bkg > 0]])
-    grid = {"width_ratios": (20, 20, 20, 1), "wspace": 0.25, "right": 0.9}
-    with _figure(
-        path, _rlabel(f"{title + ' ' if title else ''}{name}", n_events), ncols=4, figsize=(18.0, 6.0), gridspec_kw=grid
-    ) as (fig, axes):
+    both = np.concatenate([sig.ravel(), bkg.ravel()])
+    positive = both[both > 0]
+    grid = {"width_ratios": (20, 20, 20, 1), "wspace": 0.25, "right": 0.9, "top": 0.85}
+    with _figure(path, _rlabel("", n_events), ncols=4, figsize=(18.0, 6.5), gridspec_kw=grid) as (fig, axes):
+        fig.suptitle(f"{title + ': ' if title else ''}{name}", fontsize="medium", x=0.5, y=0.97)
         n_eta, n_phi = sig.shape
         xs, ys = np.arange(n_eta + 1), np.arange(n_phi + 1)
-        norm = (
-            matplotlib.colors.LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
-            if positive.size
-            else None
-        )
-        for ax, image, label in ((axes[0], sig, class_names[0]), (axes[1], bkg, class_names[1])):
-            ax.pcolormesh(xs, ys, np.ma.masked_less_equal(image.T, 0), norm=norm, cmap="viridis")
+        if both.min() < 0:  # standardised inputs: zero-centred, so linear and diverging
+            vmax = max(float(np.abs(both).max()), 1e-12)
+            shown = {"norm": matplotlib.colors.Normalize(vmin=-vmax, vmax=vmax), "cmap": "RdBu_r"}
+            images = (sig.T, bkg.T)
+        else:
+            norm = (
+                matplotlib.colors.LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
+                if positive.size
+                else None
+            )
+            shown = {"norm": norm, "cmap": "viridis"}
+            images = (np.ma.masked_less_equal(sig.T, 0), np.ma.masked_less_equal(bkg.T, 0))
+        for ax, image, label in zip(axes[:2], images, class_names, strict=True):
+            ax.pcolormesh(xs, ys, image, **shown)
             ax.text(0.04, 0.04, f"{label} (average)", transform=ax.transAxes, fontsize="small")
         vmax = max(float(np.abs(diff).max()), 1e-12)
         mesh = axes[2].pcolormesh(xs, ys, diff.T, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         axes[2].text(0.04, 0.04, f"{class_names[0]} - {class_names[1]}", transform=axes[2].transAxes, fontsize="small")
+        for ax in axes[:3]:
+            ax.set_xlim(0, n_eta)
+            ax.set_ylim(0, n_phi)
         for ax in axes[:3]:
             ax.set_xlabel(r"$\eta$ pixel")
         axes[0].set_ylabel(r"$\phi$ pixel")
