@@ -50,6 +50,17 @@ class Task(pl.LightningModule):
         """The module mapping per-input tensors (B, ...) to the outputs named in :attr:`output_names`."""
         raise NotImplementedError(f"{type(self).__name__} does not define inference_module()")
 
+    def inference_inputs(self) -> dict[str, tuple[int, ...]] | None:
+        """The inference module's inputs (name -> per-event shape, in forward order) when they are not
+        the data's: a generator takes latents and classes. None (the default): the data module's
+        inputs, which export and the registry then read from the data."""
+        return None
+
+    def example_inputs(self, n: int) -> dict[str, np.ndarray] | None:
+        """``n`` fixed events of :meth:`inference_inputs` (the same on every call), on which export and
+        the registry compare ONNX with PyTorch; None (the default): the data's test events."""
+        return None
+
     @torch.no_grad()
     def predict(
         self, inputs: Mapping[str, np.ndarray], input_names: Sequence[str], batch_size: int = 4096
