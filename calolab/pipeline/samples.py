@@ -27,9 +27,17 @@ KEYS = ("n_events", "seed", "workers", "chunk_size", "out")
 
 
 def ensure_sample(gen: Mapping[str, Any] | None, progress: bool = True) -> dict | None:
-    """Return the manifest of the experiment's generated sample, generating it if missing."""
+    """Return the manifest of the experiment's generated sample, generating it if missing.
+
+    ``gen["variants"]`` (optional) lists further samples the experiment reads beside it, each
+    the block updated with the variant's keys (e.g. ``{pileup: {mu: 50}, seed: 2, out: ...}``):
+    they are made (or reused) first; the main sample's manifest is returned.
+    """
     if gen is None:
         return None
+    gen = dict(gen)
+    for variant in gen.pop("variants", None) or ():
+        ensure_sample({**gen, **variant}, progress)
     overrides = [f"sample={gen['sample']}", *(f"{k}={gen[k]}" for k in KEYS if gen.get(k) is not None)]
     overrides += [f"pileup.{k}={v}" for k, v in (gen.get("pileup") or {}).items()]
     overrides += [f"sample.{k}={v}" for k, v in (gen.get("sample_overrides") or {}).items()]
