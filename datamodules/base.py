@@ -180,6 +180,7 @@ class CachedImageDataModule(pl.LightningDataModule):
         self._splits: dict[str, SplitArrays] = {}
         self._tensors: dict[tuple[str, str], list[torch.Tensor]] = {}
         self._resident_on: dict[str, bool] = {}
+        self.batch_aux: list[str] = []
 
     # -- what subclasses define ------------------------------------------------------------------
     def _data_config(self) -> dict[str, Any]:
@@ -479,12 +480,30 @@ class CachedImageDataModule(pl.LightningDataModule):
             self._resident_on[key] = decision
         return self._resident_on[key]
 
+    def request_batch_aux(self, names: Sequence[str], what: str = "the task") -> None:
+        """Draw these aux variables with every batch, as its fourth element (a dict of float32 tensors).
+
+        A task that trains with per-event values beside the inputs (an adversary's target) asks
+        for them in its ``setup``; a name that is not among this data's aux variables is one
+        ConfigError naming it and listing them.
+        """
+        aux = [*self.aux, "event_number"]
+        for name in names:
+            if name not in aux:
+                raise ConfigError(
+                    f"{what} needs the aux variable {name!r}, which is not an aux variable of the data"
+                    f"{suggest(str(name), aux)}; aux variables: {', '.join(aux)} (add it to data.aux)"
+                )
+        self.batch_aux = list(dict.fromkeys(names))
+        self._tensors.clear()
+
     def _split_tensors(self, split: str, device: torch.device) -> tuple[list[torch.Tensor], bool]:
         resident = self._resident(device)
         key = (split, str(device) if resident else "mmap")
         if key not in self._tensors:
             a = self.arrays(split)
-            arrays = [*(a.inputs[n] for n in self.input_names), a.label, a.weight]
+            aux = [np.asarray(a.aux[n], dtype=np.float32) for n in self.batch_aux]
+            arrays = [*(a.inputs[n] for n in self.input_names), *aux, a.label, a.weight]
             if resident:
                 tensors = [torch.from_numpy(np.array(x)).to(device) for x in arrays]
             else:
@@ -497,8 +516,9 @@ class CachedImageDataModule(pl.LightningDataModule):
         device = self._device()
         tensors, resident = self._split_tensors(split, device)
         trainer = self.trainer
+        n_in = len(self.input_names)
         return BatchLoader(
-            tensors[:-2],
+            tensors[:n_in],
             tensors[-2],
             tensors[-1],
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -510,6 +530,7 @@ class CachedImageDataModule(pl.LightningDataModule):
             world_size=trainer.world_size if trainer is not None else 1,
             prefetch=0 if resident else self.num_workers,
             pin_memory=device.type == "cuda" and not resident,
+            aux=dict(zip(self.batch_aux, tensors[n_in:-2], strict=True)) or None,
         )
 
     def train_dataloader(self) -> BatchLoader:

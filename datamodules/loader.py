@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
-Batch = tuple[tuple[Tensor, ...], Tensor, Tensor]
+Batch = tuple[tuple[Tensor, ...], Tensor, Tensor] | tuple[tuple[Tensor, ...], Tensor, Tensor, dict[str, Tensor]]
 
 
 class BatchLoader:
     """Iterable of ``(inputs, label, weight)`` batches drawn from whole-split tensors.
+
+    With ``aux`` the batches are ``(inputs, label, weight, aux)``, ``aux`` a dict of per-event
+    values a task trains with (an adversary's target, e.g. the jet mass).
 
     Args:
         inputs: one (N, 1, H, W) tensor per network input, in the net's argument order.
@@ -40,6 +43,7 @@ class BatchLoader:
         prefetch: background threads assembling the next batches (0: none). Only useful when
             the tensors are memory-mapped or batches are pinned for a host-to-device copy.
         pin_memory: assemble batches in pinned host memory (tensors on the CPU, CUDA training).
+        aux: name -> (N,) tensor drawn with the events and passed as the batch's fourth element.
     """
 
     def __init__(
@@ -57,16 +61,18 @@ class BatchLoader:
         world_size: int = 1,
         prefetch: int = 0,
         pin_memory: bool = False,
+        aux: Mapping[str, Tensor] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, but got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), but got {rank}")
         n = len(label)
-        for t in (*inputs, weight):
+        self.aux_names = tuple(aux or {})
+        for t in (*inputs, weight, *(aux or {}).values()):
             if len(t) != n:
                 raise ValueError(f"all tensors must have {n} events, but one has {len(t)}")
-        self.tensors: tuple[Tensor, ...] = (*inputs, label, weight)
+        self.tensors: tuple[Tensor, ...] = (*inputs, *(aux or {}).values(), label, weight)
         self.n_inputs = len(inputs)
         self.n_events = n
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
@@ -110,13 +116,19 @@ class BatchLoader:
             parts = [torch.index_select(t, 0, idx, out=o) for t, o in zip(self.tensors, out)]
         else:
             parts = [torch.index_select(t, 0, idx) for t in self.tensors]
-        return tuple(parts[: self.n_inputs]), parts[-2], parts[-1]
+        return self._batch(parts)
+
+    def _batch(self, parts: list[Tensor]) -> Batch:
+        inputs = tuple(parts[: self.n_inputs])
+        if not self.aux_names:
+            return inputs, parts[-2], parts[-1]
+        return inputs, parts[-2], parts[-1], dict(zip(self.aux_names, parts[self.n_inputs : -2], strict=True))
 
     def _slice(self, start: int, stop: int) -> Batch:
         parts = [t[start:stop] for t in self.tensors]  # views: no copy
         if self.pin_memory:
             parts = [p.pin_memory() for p in parts]
-        return tuple(parts[: self.n_inputs]), parts[-2], parts[-1]
+        return self._batch(parts)
 
     def _batch_fn(self, order: Tensor | None) -> Callable[[int], Batch]:
         bs = self.batch_size

@@ -24,6 +24,14 @@ intervals on effective counts, ``..._is_bound`` = 1 for a rejection whose cut ke
 working-point efficiency), each with a paired-bootstrap ``_err``, and listed in the tables'
 ``comparisons`` as "net vs <b> (auc): +0.103 +- 0.012 (resolved; n_eff ...)" lines; the ROC
 figure draws each curve's 68% bootstrap band.
+
+Decorrelation (config key ``decorrelation``: name -> :class:`~calolab.evaluation.decorrelation.DecorrelationSpec`):
+``test/inv_jsd50_<name>`` = 1/JSD of the background's variable passing vs failing the net's cut at
+50% signal efficiency (:func:`~calolab.evaluation.decorrelation.inverse_jsd`, the registry gate's
+definition), with its Poisson-bootstrap ``_err``; the first configured variable is also the
+headline ``test/inv_jsd50``. The figure ``decorrelation_<name>`` draws the passing and failing
+distributions. A variable that is constant in the test sample (one pileup condition) is skipped
+with its reason in ``tables["skipped"]``; one missing from the aux branches is a ConfigError.
 """
 
 from __future__ import annotations
@@ -44,6 +52,13 @@ from calolab.evaluation import plots
 from calolab.evaluation import uncertainty as U
 from calolab.evaluation.baselines import CutBasedTight, ShowerShapeBDT
 from calolab.evaluation.bootstrap import bootstrap, check_replicas, paired_difference, spread
+from calolab.evaluation.decorrelation import (
+    DecorrelationSpec,
+    background_histograms,
+    bootstrap_inverse_jsd,
+    inverse_jsd,
+    plot_pass_fail,
+)
 from calolab.evaluation.metrics import (
     _event_arrays,
     _max_rejection,
@@ -253,6 +268,9 @@ class ClassifierEvaluation:
         bootstrap_replicas: Poisson-bootstrap replicas over the test events behind the AUC
             uncertainties, the paired comparisons and the ROC bands.
         bootstrap_seed: seed of the replicas (the same draws for every discriminant).
+        decorrelation: name -> ``{variable, label, scale, bins, eff_sig}``
+            (:class:`~calolab.evaluation.decorrelation.DecorrelationSpec`): 1/JSD of the background's
+            variable passing vs failing the net's cut; the first is the headline ``test/inv_jsd50``.
     """
 
     def __init__(
@@ -266,6 +284,7 @@ class ClassifierEvaluation:
         batch_size: int = 4096,
         bootstrap_replicas: int = 1000,
         bootstrap_seed: int = 0,
+        decorrelation: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> None:
         self.baselines = [b for b in (baselines or ()) if b is not None]
         names = [b.name for b in self.baselines]
@@ -290,6 +309,11 @@ class ClassifierEvaluation:
         if isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int) or bootstrap_seed < 0:
             raise ConfigError(f"evaluation.bootstrap_seed must be an integer >= 0, but got {bootstrap_seed!r}")
         self.bootstrap_seed = bootstrap_seed
+        if decorrelation is not None and not isinstance(decorrelation, Mapping):
+            raise ConfigError(f"evaluation.decorrelation must map names to variables, but got {decorrelation!r}")
+        self.decorrelation = [
+            DecorrelationSpec.from_config(k, v) for k, v in (decorrelation or {}).items() if v is not None
+        ]
 
     # -- the pipeline's entry point --------------------------------------------------------------
     def __call__(self, task, dm, out_dir: Path, title: str = "") -> tuple[EvaluationResult, np.ndarray]:
@@ -365,6 +389,7 @@ class ClassifierEvaluation:
         """
         out_dir = Path(out_dir)
         read = [v for b in self.baselines for v in b.variables] + [b.variable for b in self.binned]
+        read += [d.variable for d in self.decorrelation]
         y_test, w_test, aux_test = _split(test, "test", read)
         y_train, w_train, aux_train = _split(train, "train", read)
         y, s, w = _event_arrays(y_test, score, w_test)
@@ -374,6 +399,8 @@ class ClassifierEvaluation:
                     f"inputs_for_maps[{layer!r}]: expected ({y.size}, C, H, W) test images, but got shape {np.shape(array)}"
                 )
         self._check_variables(aux_train, aux_test)
+        for spec in self.decorrelation:  # a missing variable fails before the expensive part
+            spec.values(aux_test, "the test split")
         n = int(y.size)
         result = EvaluationResult()
         m, tables, skipped = result.metrics, result.tables, {}
@@ -500,6 +527,7 @@ class ClassifierEvaluation:
         fig["roc"] = plots.plot_roc(out_dir / "roc.png", curves, roc_points, title=title, n_events=n)
         fig["score"] = plots.plot_score(out_dir / "score.png", y, s, w, title=title, class_names=self.class_names)
         tables["binned"] = self._binned(y, w, aux_test, working_points, fig, skipped, out_dir, title, n)
+        tables["decorrelation"] = self._decorrelation(y, s, w, aux_test, m, fig, skipped, out_dir, title, n)
         tables["correlation"] = {}
         for name, channel in _channels(inputs_for_maps or {}).items():
             if self.correlation_maps:
@@ -544,6 +572,49 @@ class ClassifierEvaluation:
 
     def _baseline(self, name: str) -> Any:
         return next(b for b in self.baselines if b.name == name)
+
+    def _decorrelation(self, y, s, w, aux_test, m, fig, skipped, out_dir, title, n) -> dict[str, Any]:
+        """1/JSD (with bootstrap error) and the passing/failing figure per configured variable."""
+        out: dict[str, Any] = {}
+        for i, spec in enumerate(self.decorrelation):
+            values = spec.values(aux_test, "the test split")
+            key = f"test/inv_jsd{spec.tag}"
+            if np.ptp(values[~y]) == 0:
+                skipped[f"{key}_{spec.name}"] = (
+                    f"{spec.variable} is constant ({values[~y][0]:g}) in the test background"
+                )
+                continue
+            try:
+                value = inverse_jsd(y, s, w, values, spec.eff_sig, spec.bins)
+            except ConfigError as err:  # a cut that keeps all or no background: nothing to compare
+                skipped[f"{key}_{spec.name}"] = str(err)
+                continue
+            reps = bootstrap_inverse_jsd(
+                y, s, w, values, spec.eff_sig, spec.bins, replicas=self.bootstrap_replicas, seed=self.bootstrap_seed
+            )
+            finite = reps[np.isfinite(reps)]
+            err = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
+            names = [f"{key}_{spec.name}"] + ([key] if i == 0 else [])
+            for name in names:
+                m[name], m[name + U.ERR] = value, err
+            p, q, edges = background_histograms(y, s, w, values, spec.eff_sig, spec.bins)
+            out[spec.name] = {
+                "variable": spec.variable,
+                "eff_sig": spec.eff_sig,
+                "edges": edges,
+                "passing": p,
+                "failing": q,
+                "inverse_jsd": value,
+                "inverse_jsd_err": err,
+            }
+            fig[f"decorrelation_{spec.name}"] = plot_pass_fail(
+                out_dir / f"decorrelation_{spec.name}.png",
+                [{"name": "Network", "edges": edges, "passing": p, "failing": q, "inv_jsd": value}],
+                xlabel=spec.label,
+                title=title,
+                n_events=n,
+            )
+        return out
 
     def _binned(self, y, w, aux_test, working_points, fig, skipped, out_dir, title, n) -> dict[str, Any]:
         binned: dict[str, Any] = {}

@@ -30,7 +30,7 @@ import numpy as np
 from calolab.errors import CalolabError, ConfigError
 from calolab.evaluation import uncertainty as U
 from calolab.evaluation.bootstrap import bootstrap, paired_difference
-from calolab.evaluation.metrics import jsd, roc_curve
+from calolab.evaluation.decorrelation import inverse_jsd
 from calolab.registry.errors import DigestMismatchError
 from calolab.registry.policy import DecorrelationPolicy, GatePolicy, LatencyPolicy, ParityPolicy
 
@@ -240,34 +240,6 @@ def latency_gate(onnx_path: Path, inputs: dict[str, np.ndarray], policy: Latency
         f"median {ms:.4g} ms {'<=' if ok else '>'} {policy.max_ms:g} ms (onnxruntime CPU, batch 1, "
         f"{policy.runs} runs, {policy.threads} thread(s))",
     )
-
-
-def inverse_jsd(
-    label: np.ndarray, score: np.ndarray, weight: np.ndarray, values: np.ndarray, eff_sig: float, bins: int
-) -> float:
-    """1/JSD between the background's ``values`` passing and failing the cut at signal efficiency ``eff_sig``.
-
-    Returns ``inf`` when the two distributions are identical (e.g. a constant variable). Raises
-    ConfigError when the cut leaves no background on one side (the divergence is undefined).
-    """
-    eps_s, _, thresholds = roc_curve(label, score, weight)
-    i = min(int(np.searchsorted(eps_s, eff_sig, side="left")), eps_s.size - 1)
-    passed = np.asarray(score) >= thresholds[i]
-    bkg = np.asarray(label) == 0
-    values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values[bkg])):
-        raise ConfigError("the decorrelation variable must be finite for every background event")
-    edges = np.histogram_bin_edges(values[bkg], bins=bins)
-    w = np.asarray(weight, dtype=np.float64)
-    p, _ = np.histogram(values[bkg & passed], bins=edges, weights=w[bkg & passed])
-    q, _ = np.histogram(values[bkg & ~passed], bins=edges, weights=w[bkg & ~passed])
-    if not (p.sum() > 0 and q.sum() > 0):
-        raise ConfigError(
-            f"the cut at eff_sig={eff_sig:g} leaves {int((bkg & passed).sum())} background events passing and "
-            f"{int((bkg & ~passed).sum())} failing: the divergence needs both"
-        )
-    d = jsd(p, q)
-    return float("inf") if d == 0 else 1.0 / d
 
 
 def decorrelation_gate(
