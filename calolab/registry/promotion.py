@@ -20,7 +20,7 @@ from calolab.registry.decision import Decision, Rollback, apply_decision, rollba
 from calolab.registry.errors import RegistryError
 from calolab.registry.lock import promotion_lock
 from calolab.registry.policy import GatePolicy
-from calolab.registry.registration import CHAMPION, TAG, aliases, find_or_register
+from calolab.registry.registration import CHAMPION, TAG, aliases, find_or_register, registered_model
 from calolab.registry.scoring import FrozenTestSet, Scores, frozen_test_set, score_task
 from calolab.registry.selection import Candidate, select_candidate
 from calolab.tracking import TrackingStore
@@ -133,6 +133,7 @@ def promote(
     candidate = select_candidate(
         client, experiment, store.uri, run_id=run_id, study=study, metric=policy.metric, mode=policy.mode
     )
+    require_promotion_rights(store, client, name, candidate.experiment)
     seen = _champion_now(client, name)
     if seen is not None:  # refuse a digest mismatch before anything expensive
         G.dataset_gate(candidate.digest, seen[1].tags.get(TAG + "dataset_digest", ""), seen[0], force)
@@ -165,7 +166,8 @@ def promote(
         if seen is not None and seen[1].run_id != candidate.run_id:
             champion = _score_champion(store, seen[0], seen[1], test)
 
-        with promotion_lock(store.uri, name, policy.lock_timeout_s) as lock:
+        lock_tags = {"calolab.experiment": candidate.experiment}
+        with promotion_lock(store.uri, name, policy.lock_timeout_s, model_tags=lock_tags) as lock:
             version, created = find_or_register(client, name, candidate, onnx_path)
             before = aliases(client, name)
             current = before.get(CHAMPION)
@@ -224,8 +226,25 @@ def promote(
     return decision, cand, champion_scores
 
 
+def require_promotion_rights(store: TrackingStore, client, name: str, experiment: str | None) -> None:
+    """On a tracking server with authentication: refuse in one line, before anything is restored or
+    moved, a user who may not move ``name``'s aliases (EDIT on the registered model, MLflow's
+    requirement for aliases and versions) or log the decision's report run to ``experiment``."""
+    if registered_model(client, name) is not None:
+        store.require(
+            "registered_model", name, "EDIT", f"registered model {name!r}", "move its aliases (calolab promote)"
+        )
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            store.require(
+                "experiment", exp.experiment_id, "EDIT", f"experiment {experiment!r}", "record a promotion in it"
+            )
+
+
 def roll_back(store: TrackingStore, name: str, policy: GatePolicy) -> Rollback:
     """``champion`` <- ``previous-champion`` of registered model ``name``, under the promotion lock."""
     client = store.client()
+    require_promotion_rights(store, client, name, None)
     with promotion_lock(store.uri, name, policy.lock_timeout_s):
         return rollback(client, name)

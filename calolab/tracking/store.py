@@ -4,7 +4,9 @@ The default is MLflow on SQLite inside ``mlruns/`` (metadata ``mlruns/mlflow.db`
 under ``mlruns/artifacts/<experiment>``), set explicitly rather than left to MLflow's own
 defaults, which depend on the working directory. ``tracking.uri=`` or ``MLFLOW_TRACKING_URI``
 points calolab at a shared server (``mlflow server`` backed by PostgreSQL) instead; the server
-then decides where artifacts go. Experiments are tagged as training experiments
+then decides where artifacts go. A server is checked before first use
+(:mod:`calolab.tracking.access`): unreachable, credentials refused or a missing permission on the
+experiment end in one line within seconds; nothing falls back to a local store. Experiments are tagged as training experiments
 (``mlflow.experimentKind=custom_model_development``), so that MLflow 3's UI opens its runs
 view rather than the GenAI one, and carry their preset's description.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from calolab.errors import ConfigError
 from calolab.keys import EXPERIMENT_KIND_TAG, NOTE_TAG, TRAINING_EXPERIMENT_KIND
+from calolab.tracking import access
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,18 @@ class TrackingStore:
             )
         return cls(uri, None)
 
+    def check(self) -> access.ServerUser | None:
+        """For a tracking server: that it answers and takes our credentials (once per process); who we are."""
+        return access.check_server(self.uri) if access.is_http(self.uri) else None
+
+    def require(self, resource_type: str, resource_id: str, need: str, label: str, action: str) -> None:
+        """Refuse in one line when the server's user has less than ``need`` on a resource (no-op for local stores)."""
+        access.require(self.uri, resource_type, resource_id, need, label, action)
+
     def client(self):
         from mlflow.tracking import MlflowClient
 
+        self.check()
         return MlflowClient(tracking_uri=self.uri)
 
     def experiment_id(self, name: str, description: str | None = None) -> str:
@@ -79,10 +91,16 @@ class TrackingStore:
                 tags[NOTE_TAG] = description
             try:
                 return client.create_experiment(name, artifact_location=location, tags=tags)
-            except Exception:  # created concurrently by another worker
+            except Exception as err:  # created concurrently by another worker
                 exp = client.get_experiment_by_name(name)
                 if exp is None:
+                    if getattr(err, "error_code", None) == "PERMISSION_DENIED":
+                        raise access.PermissionDeniedError(
+                            f"the tracking server {access.base_url(self.uri)} does not let this user create "
+                            f"experiment {name!r}; ask an admin to create it and grant you EDIT on it"
+                        ) from None
                     raise
+        self.require("experiment", exp.experiment_id, "EDIT", f"experiment {name!r}", "log runs to it")
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         missing = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND, NOTE_TAG: description}
