@@ -35,7 +35,7 @@ from calolab.registry import (
 )
 from calolab.registry import gates as G
 from calolab.registry.decision import Decision, apply_decision
-from calolab.registry.lock import advisory_key, lock_file
+from calolab.registry.lock import advisory_key, lock_file, lock_kind
 from calolab.registry.promotion import download_onnx
 from calolab.registry.scoring import frozen_test_set
 from calolab.registry.selection import select_candidate
@@ -572,10 +572,11 @@ def test_postgresql_store_uses_an_advisory_lock(postgres_url):
     assert -(2**63) <= advisory_key("m") < 2**63
 
 
-def test_tracking_server_is_optimistic(caplog):
-    with promotion_lock("http://127.0.0.1:5000", "m", 1) as kind:
-        assert kind == "optimistic"
-    assert "optimistic" in caplog.text
+def test_lock_kind_per_store():
+    """A tracking server gets the registry-tags lock (exercised through a real server in
+    tests/test_13_server.py); a store with no lock at all stays optimistic."""
+    assert lock_kind("http://127.0.0.1:5000") == lock_kind("https://mlflow.example.org") == "registry-tags"
+    assert lock_kind("mysql://db/mlflow") == "optimistic"
 
 
 def test_command_line_spellings_of_experiment_and_sweep():
