@@ -2,8 +2,10 @@
 
 Each command is a Hydra app over ``conf/``; everything after the command name is handed to
 Hydra unchanged (overrides, ``-m``, ``--cfg job``, ``--info``, ``--config-dir DIR``,
-``hydra.searchpath=[file://DIR]``). Before that, ``group=option`` overrides naming no config file
-are refused in one line that lists the options of ``conf/`` and of the user's extra folders.
+``hydra.searchpath=[file://DIR]``). Before that, passwords are taken out of the URLs on the
+command line (:func:`calolab.secrets.strip_arguments`), and ``group=option`` overrides naming no
+config file are refused in one line that lists the options of ``conf/`` and of the user's extra
+folders.
 Shell completion (``eval "$(calolab -sc install=bash)"``, also ``zsh``/``fish``) completes the
 command names, then each command's overrides through Hydra, the extra folders included.
 """
@@ -154,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if any(a in COMPLETION_FLAGS for a in rest):  # `calolab train -sc install=bash`: the same as `calolab -sc ...`
         return complete(rest[rest.index(next(a for a in rest if a in COMPLETION_FLAGS)) + 1 :])
+    from calolab.errors import ConfigError
+    from calolab.secrets import strip_arguments
+
+    try:  # a password typed into a URL goes to libpq's pgpass, never to Hydra, its files or logs
+        rest = strip_arguments(rest)
+    except ConfigError as err:
+        print(f"calolab {command}: error: {err}", file=sys.stderr)
+        return err.exit_code
     module = importlib.import_module(COMMANDS[command][0])
     aliased = getattr(module, "ARG_ALIASES", {})  # keys a command renames before Hydra sees them
     problem = check_group_choices([a for a in rest if a.partition("=")[0] not in aliased])

@@ -7,6 +7,10 @@ act on. :func:`quiet_third_party` drops exactly those, by message and by the log
 come from; everything else (the GPU line, Lightning's warnings about the user's own settings,
 "`Trainer.fit` stopped: ...") is kept. The command line calls it once per command
 (:func:`calolab.app.report_errors`).
+
+:class:`MaskSecrets` is the other filter: on the handlers of Hydra's logging configuration
+(``conf/hydra/default.yaml``: the console and the job's ``.log`` file), it masks credentials
+(:func:`calolab.secrets.mask`) in every record, its traceback included.
 """
 
 from __future__ import annotations
@@ -50,3 +54,20 @@ def quiet_third_party() -> None:
             logger.addFilter(_DropMessages(LIGHTNING_NOISE))
     for message, category, module in LIGHTNING_INTERNAL_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+class MaskSecrets(logging.Filter):
+    """Masks credentials in a record's message and traceback (never drops a record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from calolab.secrets import mask
+
+        message = record.getMessage()
+        masked = mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text)
+        return True

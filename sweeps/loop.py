@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from calolab import keys
 from calolab.errors import ConfigError
+from calolab.secrets import mask, stash
 from calolab.tracking import TrackingStore
 from calolab.tracking.hydra_job import multirun_tags
 from sweeps.errors import SweepError
@@ -209,7 +210,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, n_objectives: int) 
     if isinstance(err, optuna.TrialPruned):
         return study.tell(trial, state=TrialState.PRUNED)
     if err is not None:
-        trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
+        trial.set_user_attr("fail_reason", mask(f"{type(err).__name__}: {err}")[:2000])
         return study.tell(trial, state=TrialState.FAIL)
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     try:
@@ -218,7 +219,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, n_objectives: int) 
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        trial.set_user_attr("fail_reason", f"the trial returned {value!r}, expected {n_objectives} finite value(s)")
+        trial.set_user_attr(
+            "fail_reason", mask(f"the trial returned {value!r}, expected {n_objectives} finite value(s)")
+        )
         return study.tell(trial, state=TrialState.FAIL)
     return study.tell(trial, values if n_objectives > 1 else values[0])
 
@@ -302,6 +305,10 @@ def run_sweep(
             trial.user_attrs["fail_reason"],
         )
     close_dead_runs(store.client(), recovered)
+    # the trials get the storage without its password (printed in the launch lines, saved in each
+    # trial's overrides.yaml): a PostgreSQL password goes to this process's pgpass file, which the
+    # trial processes inherit through PGPASSFILE (calolab.secrets)
+    handoff = stash(spec, option="hydra.sweeper.storage")
     # the sweep directory every trial run is tagged with (keys.MULTIRUN_TAG), on the parent run too
     sweep_tags = {k: v for k, v in multirun_tags(config.hydra).items() if k == keys.MULTIRUN_TAG}
     parent = ParentRun(store, str(config.experiment_name), study, spec, tags=sweep_tags)
@@ -334,7 +341,7 @@ def run_sweep(
                     *space.overrides(trial.params),
                     f"+{TRIAL_KEY}.study_name={_quote(study.study_name)}",
                     f"+{TRIAL_KEY}.number={trial.number}",
-                    f"+{TRIAL_KEY}.storage={_quote(spec)}",
+                    f"+{TRIAL_KEY}.storage={_quote(handoff)}",
                     f"+{TRIAL_KEY}.parent_run_id={parent.run_id}",
                     f"hydra.sweep.subdir=trial_{trial.number}",
                 ]

@@ -5,6 +5,10 @@
 trials of a killed worker are failed and retried, or a file path, opened as a
 :class:`optuna.storages.JournalStorage` on a :class:`JournalFileBackend` (safe for several
 processes on one machine). Opening checks that the storage is reachable, before any trial.
+
+A PostgreSQL password belongs in libpq's places (``~/.pgpass``, ``PGPASSFILE``, ``PGPASSWORD``),
+not in the URL; one typed into the URL on the command line is moved there by the command line,
+and one from a config file by the sweep before the trials are launched (:mod:`calolab.secrets`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import IntegrityError, InternalError, ProgrammingError
 
 from calolab.errors import ConfigError
+from calolab.secrets import mask
 
 HEARTBEAT_S = 30
 GRACE_S = 90
@@ -64,7 +69,7 @@ def open_storage(spec: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GR
                     raise
                 time.sleep(0.5 + attempt)
             except Exception as err:
-                first = (str(err).strip().splitlines() or [""])[0]
+                first = mask((str(err).strip().splitlines() or [""])[0])
                 raise ConfigError(
                     f"hydra.sweeper.storage: cannot open {redact(spec)}: {type(err).__name__}: {first}"
                 ) from err

@@ -1,38 +1,34 @@
 """Run parameters from a resolved Hydra config: flattened, bounded and free of credentials.
 
 MLflow params are flat strings; a resolved config becomes ``data.batch_size=32``-style keys.
-Credentials never land in params, tags or artifacts: user:password in URIs is masked and keys
-that look like secrets are dropped.
+Credentials never land in params, tags or artifacts, and no hyper-parameter is lost on the way:
+values are masked, keys are kept (:func:`calolab.secrets.mask_value`). A URL's user information,
+a value equal to a known secret (``MLFLOW_TRACKING_PASSWORD``, ...) and the value of a
+credential field (``password``, ``token``, ...) become ``***``; ``token_dim`` or
+``secret_sauce_weight`` are hyper-parameters like any other.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from calolab.secrets import mask, mask_config
+
 #: MLflow's limit on a param value (characters)
 MAX_PARAM_LENGTH = 6000
-SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|credential)", re.IGNORECASE)
-URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]+)(:(?P<pw>[^/@\s]*))?@")
 
 
 def scrub_uri(value: str) -> str:
-    """Mask ``user:password@`` in any URI inside ``value``."""
-    return URI_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", value)
+    """``value`` with the credentials of any URI in it (and any known secret) masked."""
+    return mask(value)
 
 
 def scrub(obj: Any) -> Any:
-    """Recursively remove secret-looking keys and mask URI credentials in a plain container."""
-    if isinstance(obj, Mapping):
-        return {k: scrub(v) for k, v in obj.items() if not SECRET_KEY.search(str(k))}
-    if isinstance(obj, list | tuple):
-        return [scrub(v) for v in obj]
-    if isinstance(obj, str):
-        return scrub_uri(obj)
-    return obj
+    """A plain container with every credential value masked; every key kept."""
+    return mask_config(obj)
 
 
 def to_plain(cfg: DictConfig | Mapping) -> dict:

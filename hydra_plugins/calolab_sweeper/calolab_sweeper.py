@@ -63,6 +63,7 @@ class CalolabSweeper(Sweeper):
         """Run the study; a calolab error (bad settings, too many failures) is one line and an exit code."""
         from calolab.app import verbose
         from calolab.errors import CalolabError
+        from calolab.secrets import mask
         from sweeps import run_sweep
 
         assert self.config is not None and self.launcher is not None
@@ -71,5 +72,5 @@ class CalolabSweeper(Sweeper):
         except CalolabError as err:
             if verbose():
                 raise
-            print(f"calolab train: error: {err}", file=sys.stderr)
+            print(f"calolab train: error: {mask(str(err))}", file=sys.stderr)
             sys.exit(err.exit_code)
