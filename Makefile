@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constra
 # the default experiment; override e.g. `make run RUN_ARGS="trainer.max_epochs=20"`
 RUN_ARGS ?=
 
-.PHONY: setup run test lint ui bench clean
+.PHONY: setup run test lint ui server bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ lint: setup
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts --port 5000
+
+# the shared tracking server (PostgreSQL backend, proxied artifacts, basic-auth): the same command as
+# docker/compose.yaml; settings from the environment or docker/server.env (see docker/server.env.example)
+server: setup
+	$(BIN)/python -m calolab.server
 
 bench: setup
 	$(BIN)/python bench/generate.py

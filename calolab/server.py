@@ -219,6 +219,13 @@ class ServerSettings:
         """Refuse unsafe settings before anything starts."""
         if self.auth:
             check_admin_password(self.admin_password, self.admin_username)
+        for url in (self.backend_uri, self.auth_uri):
+            password = urlsplit(url).password
+            if password and password.lower() in WELL_KNOWN_PASSWORDS:
+                raise ServerConfigError(
+                    f"refusing to start with a well-known database password in {masked(url)} ({password!r}); set "
+                    "POSTGRES_PASSWORD (or the URL's) to a long random one"
+                )
         if database_of(self.backend_uri) == database_of(self.auth_uri) and self.auth:
             raise ServerConfigError(
                 "CALOLAB_AUTH_DATABASE_URI must name another database than MLFLOW_BACKEND_STORE_URI "
@@ -229,6 +236,7 @@ class ServerSettings:
 def _postgres_url(env: Mapping[str, str]) -> str:
     user = quote(env.get("POSTGRES_USER") or "postgres", safe="")
     password = env.get("POSTGRES_PASSWORD")
+
     auth = f"{user}:{quote(password, safe='')}" if password else user
     host, port = env.get("POSTGRES_HOST") or "127.0.0.1", env.get("POSTGRES_PORT") or "5432"
     return f"postgresql://{auth}@{host}:{port}/{env.get('MLFLOW_DATABASE') or 'mlflow'}"
