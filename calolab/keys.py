@@ -66,3 +66,26 @@ HEADLINE_METRICS: tuple[str, ...] = (
 )
 #: the registry listing's columns (a subset of the headline metrics)
 REGISTRY_METRICS: tuple[str, ...] = (TEST_AUC, TEST_REJ50)
+
+# -- preemption and resume (issue 13) ---------------------------------------------------------
+#: the host and PID of the process training a run, and the unix time of its last sign of life
+#: (refreshed every minute and at every epoch end): a RUNNING run whose process is gone (same host:
+#: the PID is dead; another host: no heartbeat for a while) can be resumed, a live one cannot
+HOST_TAG = "calolab.host"
+PID_TAG = "calolab.pid"
+HEARTBEAT_TAG = "calolab.heartbeat"
+#: the SLURM job training the run (``<job>`` or ``<array job>_<task>``): a requeued job finds its run by it
+SLURM_JOB_TAG = "calolab.slurm_job_id"
+#: the signal that interrupted the run and where, e.g. "SIGTERM at epoch 3/5, step 42 (2 epoch(s) complete)"
+INTERRUPTED_TAG = "calolab.interrupted"
+#: epochs completed and global step of the latest checkpoint logged to the run (LAST_CHECKPOINT)
+CHECKPOINT_EPOCHS_TAG = "calolab.checkpoint.epochs"
+CHECKPOINT_STEP_TAG = "calolab.checkpoint.step"
+#: how often the run was resumed, and the limits a resume raised ("trainer.max_epochs: 5 -> 8")
+RESUMES_TAG = "calolab.resumes"
+RESUME_RAISED_TAG = "calolab.resume.raised"
+#: artifact folder of the checkpoints: the best (evaluated) one, and the latest full training state
+#: (model, optimisers, loops, callbacks), replaced at every epoch end and on an interruption
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT_NAME = "last.ckpt"
+LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT_NAME}"
