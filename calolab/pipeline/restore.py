@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from calolab.keys import LAST_CHECKPOINT_NAME
 from calolab.tracking import RunNotFoundError, TrackingStore
 
 __all__ = ["RestoredRun", "RunNotFoundError", "restore_run"]
@@ -51,7 +52,8 @@ def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
         cfg = OmegaConf.load(cfg_path)
         try:
             ckpt_dir = client.download_artifacts(run_id, "checkpoints", tmp)
-            ckpts = sorted(Path(ckpt_dir).glob("*.ckpt"))
+            # the best checkpoint, not the latest training state a resumable run also logs there
+            ckpts = sorted(Path(ckpt_dir).glob("*.ckpt"), key=lambda p: (p.name == LAST_CHECKPOINT_NAME, p.name))
         except (MlflowException, OSError):
             ckpts = []
         if not ckpts:
