@@ -11,15 +11,23 @@ validation keeps no best checkpoint, and its last weights are what is evaluated)
 validation has run, a monitored metric the model does not log is a :class:`ConfigError` naming the
 close matches: one line on the command line, not a traceback. :class:`EpochLines` writes one log
 line per epoch when the Trainer shows no progress bar (see :mod:`calolab.progress`).
+
+:class:`RunCheckpoint` keeps a tracked training resumable (``calolab train resume=<run_id>``, see
+:mod:`calolab.pipeline.resume`): the full training state goes to the run at every epoch end and
+when a signal stops the training (:mod:`calolab.pipeline.preemption`). The pipeline adds it to
+every tracked training; it is not a config option.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 
+from calolab import keys
 from calolab.errors import ConfigError, suggest
 from calolab.progress import format_epoch
 
@@ -105,3 +113,78 @@ class ModelCheckpoint(_AwaitsValidation, pl.callbacks.ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.monitor is not None and not self._validated and trainer.is_global_zero and not trainer.fast_dev_run:
             log.info(f"no validation ran, so no checkpoint is best by {self.monitor}: the last weights are evaluated")
+
+
+class RunCheckpoint(pl.callbacks.Checkpoint):
+    """Logs the latest full training state to the run, so that an interrupted training can resume.
+
+    At every training epoch end (after the monitoring callbacks, as a Lightning ``Checkpoint``)
+    ``Trainer.save_checkpoint`` writes the model, every optimiser and scheduler (one or several:
+    any task, manual optimisation included), the loops' progress and the callbacks' state; the
+    main process logs it as ``checkpoints/last.ckpt`` (replacing the previous one: ``kill -9``
+    loses at most the epoch in flight), the best checkpoint of each ModelCheckpoint when it
+    changed, and the tags :data:`~calolab.keys.CHECKPOINT_EPOCHS_TAG`,
+    :data:`~calolab.keys.CHECKPOINT_STEP_TAG` and the heartbeat. When Lightning stops the training
+    on a signal (``SIGTERMException`` at the next batch), the state at that batch is logged the
+    same way and :attr:`interrupted_at` says where.
+
+    Args:
+        store_uri: the run's tracking URI; None on the other DDP ranks (they write nothing).
+        run_id: the run.
+        dirpath: the scratch folder the checkpoint is written to before it is logged.
+    """
+
+    def __init__(self, store_uri: str | None, run_id: str | None, dirpath: str | Path):
+        self.store_uri, self.run_id, self.dirpath = store_uri, run_id, Path(dirpath)
+        self.interrupted_at: str | None = None
+        self.seconds = 0.0  # time spent saving and logging, for bench/train_cpu.py
+        self._best_logged: dict[str, float] = {}
+        self._client = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            # this epoch is counted complete once the hooks return: the checkpoint resumes after it
+            self._save(trainer, epochs=trainer.current_epoch + 1)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            return  # a failure: the last epoch's checkpoint stays the one to resume from
+        epochs = trainer.fit_loop.epoch_progress.current.completed
+        # numbered from 1 as the epoch log lines are (calolab.progress); the count of complete epochs
+        # is the CHECKPOINT_EPOCHS_TAG
+        of = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        self.interrupted_at = (
+            f"epoch {trainer.current_epoch + 1}{of}, step {trainer.global_step} ({epochs} epoch(s) complete)"
+        )
+        try:
+            self._save(trainer, epochs=epochs)
+        except Exception as err:  # never mask the interruption; the last epoch's checkpoint stays
+            log.warning(f"the checkpoint at the interruption was not logged: {type(err).__name__}: {err}")
+
+    def _save(self, trainer: pl.Trainer, epochs: int) -> None:
+        if trainer.fast_dev_run:
+            return
+        start = time.perf_counter()
+        path = self.dirpath / keys.LAST_CHECKPOINT_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(path, weights_only=False)  # every rank: a distributed strategy may gather the state
+        if trainer.is_global_zero and self.store_uri and self.run_id:
+            from mlflow.entities import RunTag
+            from mlflow.tracking import MlflowClient
+
+            self._client = self._client or MlflowClient(self.store_uri)
+            self._client.log_artifact(self.run_id, str(path), keys.CHECKPOINT_DIR)
+            for cb in trainer.checkpoint_callbacks:
+                best = getattr(cb, "best_model_path", "")
+                if best and os.path.exists(best) and self._best_logged.get(best) != os.path.getmtime(best):
+                    self._client.log_artifact(self.run_id, best, keys.CHECKPOINT_DIR)
+                    self._best_logged[best] = os.path.getmtime(best)
+            tags = {
+                keys.CHECKPOINT_EPOCHS_TAG: str(epochs),
+                keys.CHECKPOINT_STEP_TAG: str(trainer.global_step),
+                keys.HEARTBEAT_TAG: f"{time.time():.0f}",
+            }
+            self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.seconds += time.perf_counter() - start

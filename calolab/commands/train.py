@@ -1,20 +1,47 @@
 """``calolab train``: one tracked training (``-m`` for sweeps); prints the run, its metrics with
 their uncertainties (a bound as "> X"), the net-vs-baseline comparisons ("resolved" or not) and
-how to open the MLflow UI on the store the run went to."""
+how to open the MLflow UI on the store the run went to.
+
+A training stopped by SIGTERM, SIGINT or SIGUSR1 (:mod:`calolab.pipeline.preemption`) prints one
+line saying where it stopped and how to resume it, requeues its SLURM job after SIGUSR1, and exits
+with 128 + the signal's number."""
 
 from __future__ import annotations
+
+import sys
 
 from omegaconf import DictConfig
 
 from calolab.app import hydra_app
 from calolab.evaluation.uncertainty import VS, comparison_lines, format_metric, is_uncertainty_key
 from calolab.keys import HEADLINE_METRICS, TEST_AUC
+from calolab.pipeline.preemption import Preempted, requeue_slurm_job
 from calolab.pipeline.train import train
 from calolab.ranks import is_main_process
 
 
 @hydra_app("train", "train")
 def main(cfg: DictConfig) -> float | list[float] | None:
+    try:
+        return _main(cfg)
+    except Preempted as stopped:
+        if is_main_process():
+            print(f"calolab train: stopped by {stopped.describe()}{resume_hint(stopped)}", file=sys.stderr)
+            requeued = requeue_slurm_job(stopped)
+            if requeued:
+                print(f"calolab train: {requeued}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+
+
+def resume_hint(stopped: Preempted) -> str:
+    if stopped.hint:
+        return f"; {stopped.hint}"
+    if not stopped.run_id:
+        return ""
+    return f"; run {stopped.run_id} ended KILLED with its checkpoint: calolab train resume={stopped.run_id}"
+
+
+def _main(cfg: DictConfig) -> float | list[float] | None:
     if cfg.get("sweep_trial"):  # a sweep trial: the optimised metric(s) go back to the sweeper
         from sweeps.trial import run_trial
 

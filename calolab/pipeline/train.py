@@ -22,6 +22,7 @@ an objective) pass :class:`TrainingHooks`; the pipeline imports nothing from the
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -36,15 +37,29 @@ from omegaconf import DictConfig, OmegaConf
 import calolab
 from calolab import keys
 from calolab.app import ROOT_DIR
+from calolab.callbacks import RunCheckpoint
 from calolab.errors import ConfigError
 from calolab.pipeline.evaluate import evaluate_model
 from calolab.pipeline.export import export_model
+from calolab.pipeline.preemption import Preempted, Preemption
+from calolab.pipeline.resume import (
+    Heartbeat,
+    ResumeError,
+    ResumePlan,
+    download_checkpoints,
+    plan_resume,
+    process_tags,
+    requeued_run,
+)
+from calolab.pipeline.run_logger import RunLogger
 from calolab.pipeline.samples import ensure_sample
 from calolab.ranks import is_main_process, wait_for
 from calolab.tracking import TrackedRun, TrackingStore, flatten_config, log_dataset_input
 from calolab.tracking.git import git_state
 from calolab.tracking.params import to_plain
 from lightning_modules.task import Task
+
+log = logging.getLogger(__name__)
 
 
 def build_data(cfg: DictConfig):
@@ -111,52 +126,122 @@ def run_tags(cfg: DictConfig, dm, experiment: str, task: Task) -> dict[str, str]
 
 
 def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]:
-    """Run one training as configured; return the run id and final metrics (and the hooks' result)."""
+    """Run one training as configured; return the run id and final metrics (and the hooks' result).
+
+    With ``resume=<run_id>`` (or in a requeued SLURM job, :func:`~calolab.pipeline.resume.requeued_run`)
+    the training continues that run from its latest checkpoint, with the run's own config.
+    """
     hooks = hooks or TrainingHooks()
     experiment = cfg.get("experiment_name")
     if not experiment:
         raise ConfigError("experiment_name is not set: choose a preset, e.g. `calolab train experiment=photon_id`")
     _check_something_to_train(cfg.trainer)
     main = is_main_process()  # the one rank flag: every side effect below asks it
+    store = TrackingStore.resolve(cfg.tracking.uri, cfg.paths.mlruns_dir)
+    plan = _resume_plan(cfg, store, hooks, main)
+    if plan is not None:
+        cfg = plan.cfg
+        _check_something_to_train(cfg.trainer)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ensure_sample(OmegaConf.to_container(cfg.generate, resolve=True) if cfg.get("generate") else None)
     dm = build_data(cfg)
     task = build_task(cfg, dm)
-    store = TrackingStore.resolve(cfg.tracking.uri, cfg.paths.mlruns_dir)
-    tags = run_tags(cfg, dm, experiment, task) if main else {}
-    run_kwargs = {"run_name": cfg.get("run_name"), "tags": tags, "description": cfg.get("experiment_description")}
-    with hooks.run_class(store, experiment, **run_kwargs, **hooks.run_kwargs()) as run:
-        import mlflow
-
-        if main:
-            mlflow.log_params(flatten_config(cfg))
-            mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
-            summary = dm.preprocessing_summary()
-            mlflow.log_dict(summary, "data/preprocessing.json")
-            log_dataset_input(summary, name=experiment)
-        with tempfile.TemporaryDirectory(prefix="calolab-train-") as tmp:
-            callbacks = [*hooks.callbacks, ShareRunId(run)]
-            trainer = build_trainer(cfg, store, run.run_id, Path(tmp), extra_callbacks=callbacks)
-            try:
-                trainer.fit(task, datamodule=dm)
-            except BaseException:
-                if main:  # the ranks Lightning's launcher started may wait in a collective for this one
-                    _stop_other_ranks(trainer)
+    if plan is None:
+        tags = {**run_tags(cfg, dm, experiment, task), **process_tags()} if main else {}
+        run_kwargs = {"run_name": cfg.get("run_name"), "tags": tags, "description": cfg.get("experiment_description")}
+    else:
+        run_kwargs = {"run_id": plan.run_id, "resume": True, "tags": plan.tags() if main else {}}
+    with Preemption() as preemption, hooks.run_class(store, experiment, **run_kwargs, **hooks.run_kwargs()) as run:
+        try:
+            metrics = _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment)
+        except BaseException as err:
+            stopped = _as_preempted(err, preemption, run)
+            if stopped is None:
                 raise
-            hooks.after_fit()
-            best = _best_checkpoint(trainer)  # None (no validation ran, fast_dev_run): the last weights are evaluated
-            metrics = {}
             if main:
-                if best is not None:
-                    task.load_weights(best)
-                    mlflow.log_artifact(best, "checkpoints")
-                metrics = evaluate_model(cfg, task, dm, Path(tmp) / "evaluation")
-                onnx_path = export_model(cfg, task, dm, Path(tmp) / "onnx")
-                if cfg.tracking.log_models:
-                    _log_models(task, onnx_path)
+                import mlflow
+
+                mlflow.set_tag(keys.INTERRUPTED_TAG, stopped.describe())
+            raise stopped from err
         result = {"run_id": run.run_id, "experiment": experiment, "tracking_uri": store.uri, "metrics": metrics}
         result.update(hooks.result(metrics, task))
         return result
+
+
+def _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment) -> dict[str, float]:
+    """Inside the open run: log the configuration (a new run), fit (from the run's checkpoint when
+    resuming), then evaluate, export and log the models."""
+    import mlflow
+
+    if main and plan is None:
+        mlflow.log_params(flatten_config(cfg))
+        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
+        summary = dm.preprocessing_summary()
+        mlflow.log_dict(summary, "data/preprocessing.json")
+        log_dataset_input(summary, name=experiment)
+    elif main and plan.raised:  # the raised limits: params cannot change, the logged config does
+        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))), "config.yaml")
+    with tempfile.TemporaryDirectory(prefix="calolab-train-") as tmp, Heartbeat(store, run.run_id, enabled=main):
+        workdir = Path(tmp)
+        ckpt_path = None
+        if plan is not None:
+            ckpt_path = download_checkpoints(store.client(), plan.run_id, workdir, workdir / "checkpoints")
+        saver = RunCheckpoint(store.uri if main else None, run.run_id, workdir / "last")
+        callbacks = [*hooks.callbacks, ShareRunId(run), saver]
+        steps = plan.steps if plan is not None else None
+        trainer = build_trainer(cfg, store, run.run_id, workdir, extra_callbacks=callbacks, logged_steps=steps)
+        try:
+            trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        except BaseException as err:
+            if saver.interrupted_at is not None:
+                err.add_note(saver.interrupted_at)  # where the training stopped, for _as_preempted
+            elif main:  # the ranks Lightning's launcher started may wait in a collective for this one
+                _stop_other_ranks(trainer)
+            raise
+        hooks.after_fit()
+        best = _best_checkpoint(trainer)  # None (no validation ran, fast_dev_run): the last weights are evaluated
+        metrics = {}
+        if main:
+            if best is not None:
+                task.load_weights(best)
+                mlflow.log_artifact(best, keys.CHECKPOINT_DIR)
+            metrics = evaluate_model(cfg, task, dm, workdir / "evaluation")
+            onnx_path = export_model(cfg, task, dm, workdir / "onnx")
+            if cfg.tracking.log_models:
+                _log_models(task, onnx_path)
+    return metrics
+
+
+def _resume_plan(cfg: DictConfig, store: TrackingStore, hooks: TrainingHooks, main: bool) -> ResumePlan | None:
+    """The run to continue: ``resume=<run_id>``, or this SLURM job's unfinished run when it was requeued."""
+    run_id = cfg.get("resume")
+    if hooks.run_class is not TrackedRun:  # a sweep trial: retried by its sweep as a new trial
+        if run_id:
+            raise ResumeError(f"resume={run_id} cannot be combined with a sweep (-m)")
+        return None
+    if run_id:
+        return plan_resume(cfg, store, str(run_id), check=main)
+    requeued = requeued_run(store, str(cfg.experiment_name))
+    if requeued is None:
+        return None
+    try:
+        return plan_resume(cfg, store, requeued, check=main)
+    except ResumeError as err:  # another training of the same job: a new run
+        log.warning("not resuming run %s of this SLURM job: %s", requeued, err)
+        return None
+
+
+def _as_preempted(err: BaseException, preemption: Preemption, run: TrackedRun) -> Preempted | None:
+    """The signal's stop as :class:`Preempted` (with where it stopped), None for any other failure."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if isinstance(err, Preempted):
+        err.run_id = err.run_id or run.run_id
+        return err
+    if preemption.signal_name is None or not isinstance(err, SIGTERMException | KeyboardInterrupt):
+        return None
+    where = (getattr(err, "__notes__", None) or [""])[-1]
+    return Preempted(preemption.signal_name, where, run.run_id)
 
 
 def _check_something_to_train(trainer: DictConfig) -> None:
@@ -170,16 +255,24 @@ def _check_something_to_train(trainer: DictConfig) -> None:
 
 
 def build_trainer(
-    cfg: DictConfig, store: TrackingStore, run_id: str, workdir: Path, extra_callbacks: list | None = None
+    cfg: DictConfig,
+    store: TrackingStore,
+    run_id: str,
+    workdir: Path,
+    extra_callbacks: list | None = None,
+    logged_steps: dict[str, int] | None = None,
 ) -> pl.Trainer:
     """Trainer from ``conf/trainer`` with the run's MLflow logger and the configured callbacks.
 
     Only the main process has a logger: Lightning's loggers write from rank 0 alone, and an MLflow
-    client on every rank would open (and might migrate) the store from each of them at once.
+    client on every rank would open (and might migrate) the store from each of them at once. A
+    resumed run passes the steps it already holds (``logged_steps``, see :class:`RunLogger`).
     """
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    logger = MLFlowLogger(tracking_uri=store.uri, run_id=run_id, log_model=False) if is_main_process() else False
+    logger = (
+        RunLogger(tracking_uri=store.uri, run_id=run_id, log_model=False, logged_steps=logged_steps)
+        if is_main_process()
+        else False
+    )
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += extra_callbacks or []
     for cb in callbacks:  # checkpoints go to the run's scratch folder, then to MLflow

@@ -6,6 +6,10 @@ the tag ``calolab.error`` and the traceback as the artifact ``error.txt``; an in
 ends KILLED; only a run whose body completed ends FINISHED. No run is ever left RUNNING by
 calolab.
 
+Resuming an interrupted training (``calolab train resume=<run_id>``, ``resume=True``) continues
+the run as if it were new: it is RUNNING again, and ends FINISHED, KILLED or FAILED as above. A
+stop by a signal (:class:`calolab.pipeline.preemption.Preempted`, a KeyboardInterrupt) ends it KILLED.
+
 Re-opening an earlier run (``calolab evaluate/export run_id=...``) is different: the run keeps
 the status and end time it had (a FINISHED training stays FINISHED, whatever happens to the
 re-evaluation), and a failed or interrupted re-evaluation is recorded beside it, as the tag
@@ -73,6 +77,8 @@ class TrackedRun:
         run_id: re-open this existing run instead of creating one (``calolab evaluate``); it
             keeps its status and end time.
         nested: create the run as a child of the active run.
+        resume: with ``run_id``: continue that run's training (``calolab train resume=...``): it is
+            RUNNING again and ends by this training's outcome, not with its earlier status.
         description: the experiment's description, set when calolab creates the experiment.
     """
 
@@ -86,13 +92,15 @@ class TrackedRun:
         run_id: str | None = None,
         nested: bool = False,
         description: str | None = None,
+        resume: bool = False,
     ):
         if experiment is None and run_id is None:
             raise ValueError("TrackedRun needs an experiment (new run) or a run_id (re-opened run)")
         self.store, self.experiment = store, experiment
         self.run_name, self.tags = run_name, {k: str(v) for k, v in (tags or {}).items()}
         self.run_id, self.nested, self.description = run_id, nested, description
-        self.reopened = run_id is not None
+        self.resumed = resume and run_id is not None
+        self.reopened = run_id is not None and not self.resumed
         # decided once: the other DDP ranks of a new run only record their failure in it
         self.follower = not self.reopened and not is_main_process()
         self._previous: tuple[str, int | None] | None = None  # status and end time of a re-opened run
@@ -107,7 +115,7 @@ class TrackedRun:
 
     def __enter__(self) -> TrackedRun:
         if self.follower:
-            self.run_id = os.environ.get(RUN_ID_VARIABLE) or None
+            self.run_id = os.environ.get(RUN_ID_VARIABLE) or self.run_id
             return self
         # MLflow also exports the URI as $MLFLOW_TRACKING_URI; given back on exit, so that a later
         # TrackingStore.resolve in this process does not take this store for the user's choice
@@ -124,6 +132,17 @@ class TrackedRun:
         return self
 
     def _start(self) -> None:
+        if self.resumed:
+            client = self.store.client()
+            # the earlier stop's reason: this attempt records its own
+            if ERROR_TAG in client.get_run(self.run_id).data.tags:
+                client.delete_tag(self.run_id, ERROR_TAG)
+            self._run = mlflow.start_run(run_id=self.run_id, nested=self.nested)
+            if self.tags:
+                mlflow.set_tags(self.tags)
+            self._env_run_id = os.environ.get(RUN_ID_VARIABLE)
+            os.environ[RUN_ID_VARIABLE] = self.run_id
+            return
         exp_id = self.store.experiment_id(self.experiment, description=self.description)
         self.run_name = self.run_name or default_run_name(self.experiment)
         tags = {**multirun_tags(), **self.tags}
