@@ -25,6 +25,7 @@ COMMANDS = {
     "export": ("calolab.commands.export", "re-export a tracked run to ONNX (parity-checked)"),
     "promote": ("calolab.commands.promote", "promote a run via the MLflow model registry (champion / challenger)"),
     "registry": ("calolab.commands.registry", "list registered models, versions, aliases and key metrics"),
+    "sample": ("calolab.commands.sample", "generate jet images with a trained generator into a ROOT file"),
 }
 
 USAGE = (

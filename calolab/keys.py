@@ -67,6 +67,20 @@ HEADLINE_METRICS: tuple[str, ...] = (
 #: the registry listing's columns (a subset of the headline metrics)
 REGISTRY_METRICS: tuple[str, ...] = (TEST_AUC, TEST_REJ50)
 
+# -- generators (LAGAN, issue 15) ---------------------------------------------------------------
+#: the generator's figure of merit: the Frechet distance of mass, pT and tau21 (standardised) between
+#: generated and simulated images, averaged over classes (lower is better); checkpoints and sweeps
+#: follow the validation one, promotion the test one
+VAL_FPD = "val/fpd"
+TEST_FPD = "test/fpd"
+#: the same distance between two halves of the simulated images: what a perfect generator reaches
+VAL_FPD_FLOOR = "val/fpd_floor"
+TEST_FPD_FLOOR = "test/fpd_floor"
+#: epoch means of the adversarial losses and of the auxiliary head's accuracy on real images
+TRAIN_D_LOSS = "train/d_loss"
+TRAIN_G_LOSS = "train/g_loss"
+TRAIN_AUX_ACC = "train/aux_acc"
+
 # -- preemption and resume (issue 13) ---------------------------------------------------------
 #: the host and PID of the process training a run, and the unix time of its last sign of life
 #: (refreshed every minute and at every epoch end): a RUNNING run whose process is gone (same host:

@@ -1,16 +1,20 @@
 """The evaluation step: the experiment's configured evaluation on the frozen test split, logged to MLflow.
 
 ``cfg.evaluation`` is a ``_target_`` config (``conf/evaluation/<name>.yaml``, chosen by the
-experiment preset): an evaluator called as ``evaluator(task, dm, out_dir, title)`` that scores the
-test split through the task's :meth:`~lightning_modules.task.Task.predict` and returns an
-:class:`~calolab.evaluation.EvaluationResult` and the scores. This step instantiates it, and logs
-the metrics, the tables, the PNG plots and the test scores to the active MLflow run. It knows
-nothing of photons, jets or baselines.
+experiment preset): an evaluator called as ``evaluator(task, dm, out_dir, title)`` that runs the
+task on the test split through its :meth:`~lightning_modules.task.Task.predict` and returns an
+:class:`~calolab.evaluation.EvaluationResult` and the task's outputs: a classifier's
+(:class:`~calolab.evaluation.ClassifierEvaluation`) test scores, an array, logged as
+``evaluation/test_scores.npy``; a generator's (:class:`~calolab.evaluation.generative.GeneratorEvaluation`)
+named arrays (generated images and their classes), logged as ``evaluation/test_outputs.npz``.
+This step instantiates it, and logs the metrics, the tables, the PNG plots and the outputs to the
+active MLflow run. It knows nothing of photons, jets, baselines or GANs.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,7 @@ def build_evaluation(cfg: DictConfig):
 def evaluate_model(cfg: DictConfig, task, dm, out_dir: Path, log: bool = True) -> dict[str, float]:
     """Evaluate ``task`` on ``dm``'s test split; log metrics, tables and figures to MLflow."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    result, score = build_evaluation(cfg)(task, dm, out_dir, str(cfg.experiment_name))
+    result, outputs = build_evaluation(cfg)(task, dm, out_dir, str(cfg.experiment_name))
     metrics = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
     if log:
         import mlflow
@@ -35,6 +39,10 @@ def evaluate_model(cfg: DictConfig, task, dm, out_dir: Path, log: bool = True) -
         for path in result.figures.values():
             mlflow.log_artifact(str(path), "plots")
         mlflow.log_text(json.dumps(result.tables, indent=2, default=float), "evaluation/tables.json")
-        np.save(out_dir / "test_scores.npy", score)
-        mlflow.log_artifact(str(out_dir / "test_scores.npy"), "evaluation")
+        if isinstance(outputs, Mapping):  # named outputs (a generator's images and classes)
+            np.savez_compressed(out_dir / "test_outputs.npz", **{k: np.asarray(v) for k, v in outputs.items()})
+            mlflow.log_artifact(str(out_dir / "test_outputs.npz"), "evaluation")
+        else:
+            np.save(out_dir / "test_scores.npy", outputs)
+            mlflow.log_artifact(str(out_dir / "test_scores.npy"), "evaluation")
     return metrics

@@ -1,11 +1,15 @@
 """The export step: the task's inference module to ONNX with a dynamic batch axis, verified before logging.
 
-The graph's inputs are the net's forward arguments in order (the datamodule's input names), its
-outputs the task's (:attr:`~lightning_modules.task.Task.output_names`); metadata records input
-names and shapes, the outputs, the task kind, the normalisation, the dataset and config digests.
-The parity check runs onnxruntime against the task's own :meth:`~lightning_modules.task.Task.predict`
-on test events; the model is logged only when it passes (tolerances from ``conf/export``, which the
-registry's parity gate reads back from the run's config).
+The graph's inputs are the inference module's forward arguments in order: the datamodule's
+inputs, unless the task names its own (:meth:`~lightning_modules.task.Task.inference_inputs`: a
+generator takes ``latent`` and ``label``); its outputs are the task's
+(:attr:`~lightning_modules.task.Task.output_names`). Metadata records input names and shapes, the
+outputs, the task kind, the normalisation, the dataset and config digests, and whatever the task
+adds (``export_metadata()``: a generator's latent size and classes). The parity check runs
+onnxruntime against the task's own :meth:`~lightning_modules.task.Task.predict` on test events,
+or on the task's fixed :meth:`~lightning_modules.task.Task.example_inputs` (a generator: fixed
+latents, so that generated images are compared); the model is logged only when it passes
+(tolerances from ``conf/export``, which the registry's parity gate reads back from the run's config).
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ def parity_reference(task, input_names: list[str]):
     return lambda arrays: task.predict(dict(zip(input_names, arrays, strict=True)), input_names)
 
 
+def export_inputs(task, dm, n: int) -> tuple[list[str], dict, list[np.ndarray]]:
+    """Graph input names, per-event shapes and the (at most ``n``) parity events, as the task says."""
+    own = task.inference_inputs()
+    if own is None:
+        names = list(dm.input_names)
+        test = dm.arrays("test").inputs
+        n = min(n, len(test[names[0]]))
+        return names, dict(dm.input_shapes), [np.ascontiguousarray(test[k][:n]) for k in names]
+    examples = task.example_inputs(n)
+    return list(own), dict(own), [np.ascontiguousarray(examples[k]) for k in own]
+
+
 def export_model(cfg: DictConfig, task, dm, out_dir: Path, log: bool = True) -> Path:
     """Export ``task``'s inference module to ``out_dir/model.onnx``, check parity on test events, log it."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,21 +63,20 @@ def export_model(cfg: DictConfig, task, dm, out_dir: Path, log: bool = True) -> 
     }
     if summary.get("standardisation") is not None:  # per-pixel means/stds the inputs must be standardised with
         metadata["standardisation"] = json.dumps(summary["standardisation"])
+    extra = getattr(task, "export_metadata", None)
+    metadata.update(extra() if extra is not None else {})
     task = task.cpu().eval()
-    names = list(dm.input_names)
+    names, shapes, inputs = export_inputs(task, dm, int(cfg.export.parity_events))
     path = export_onnx(
         task.inference_module(),
         names,
-        dm.input_shapes,
+        shapes,
         out_dir / "model.onnx",
         output_names=task.output_names,
         output_doc=task.output_doc,
         metadata=metadata,
         opset=cfg.export.opset,
     )
-    test = dm.arrays("test").inputs
-    n = min(int(cfg.export.parity_events), len(test[names[0]]))
-    inputs = [np.ascontiguousarray(test[k][:n]) for k in names]
     reference = parity_reference(task, names)
     max_diff = check_parity(path, reference, inputs, atol=float(cfg.export.atol), rtol=float(cfg.export.rtol))
     if log:
