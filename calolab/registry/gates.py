@@ -149,6 +149,14 @@ def metric_gate(
             on the same events (:func:`paired_comparisons`); used for ``min_improvement_sigma``.
     """
     m = policy.metric
+    if m not in candidate:  # e.g. the generator policy (test/fpd) on a classifier, or the reverse
+        from calolab.errors import suggest
+
+        raise ConfigError(
+            f"registry.metric={m!r} is not a metric of this model's evaluation{suggest(m, candidate)} "
+            f"(it has {', '.join(k for k in candidate if not k.endswith(('_err', '_err_lo', '_err_hi', '_is_bound')))}); "
+            "generators are promoted with registry=generator"
+        )
     value = candidate[m]
     if candidate_is_champion:
         return GateResult(

@@ -18,6 +18,9 @@ from calolab.evaluation.bootstrap import check_replicas
 
 #: Metrics a promotion can be decided on; each is recomputed on the frozen test split.
 METRICS = ("test/auc", "test/rej50", "test/rej80")
+#: a generator's metric (conf/registry/generator.yaml): the Frechet distance of mass, pT and tau21
+#: between generated and simulated test images, averaged over classes; lower is better
+GENERATOR_METRICS = ("test/fpd",)
 MODES = ("max", "min")
 
 
@@ -104,7 +107,8 @@ class GatePolicy:
     """Every gate of a promotion, and how the decision section is guarded.
 
     Args:
-        metric: the metric the candidate must improve (one of :data:`METRICS`).
+        metric: the metric the candidate must improve (one of :data:`METRICS`, or of
+            :data:`GENERATOR_METRICS` for generators).
         mode: ``max`` when higher is better, ``min`` when lower is better.
         min_improvement: the candidate must beat the champion by at least this much.
         min_improvement_sigma: None, or also by more than this many standard deviations of the
@@ -129,10 +133,11 @@ class GatePolicy:
     lock_timeout_s: float
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
+        if self.metric not in METRICS + GENERATOR_METRICS:
+            known = METRICS + GENERATOR_METRICS
             raise ConfigError(
-                f"registry.metric must be one of {', '.join(METRICS)}, but got metric={self.metric!r}"
-                f"{suggest(str(self.metric), METRICS)}"
+                f"registry.metric must be one of {', '.join(known)}, but got metric={self.metric!r}"
+                f"{suggest(str(self.metric), known)}"
             )
         if self.mode not in MODES:
             raise ConfigError(f"registry.mode must be 'max' or 'min', but got mode={self.mode!r}")

@@ -3,9 +3,14 @@
 The frozen test set is the test split of the candidate's datamodule, identified by its dataset
 digest (the split is deterministic by event number). Both tasks score those identical events with
 their own :meth:`~lightning_modules.task.Task.predict`, the inference path the training's
-evaluation uses, and the key metrics come from the run's configured evaluation
-(``key_metrics``). This is the cheap path: no baselines, no binned efficiencies, no figures (the
-report draws one ROC overlay).
+evaluation uses, and the key metrics come from the run's configured evaluation: a classifier's
+``key_metrics`` on its scores, or, when the evaluation has ``frozen_metrics`` (a generator's,
+:class:`~calolab.evaluation.generative.GeneratorEvaluation`), the metrics it computes from the
+task and the test set itself (generated vs simulated images; no scores, so no ROC and no paired
+score comparison). This is the cheap path: no baselines, no binned efficiencies, no figures (the
+report draws one ROC overlay for classifiers). :func:`parity_arrays` gives the parity and latency
+gates the inputs the task's ONNX graph takes: the test events, or the task's own fixed
+:meth:`~lightning_modules.task.Task.example_inputs` (a generator: fixed latents and classes).
 """
 
 from __future__ import annotations
@@ -42,9 +47,14 @@ class FrozenTestSet:
 class Scores:
     """One model's scores on a test set and the metrics computed from them."""
 
-    score: np.ndarray  # (N,)
+    score: np.ndarray | None  # (N,); None for a task without scores (a generator)
     metrics: dict[str, float]
     test: FrozenTestSet
+
+    @property
+    def has_scores(self) -> bool:
+        """Whether there are per-event scores (ROC overlay, paired bootstrap, decorrelation)."""
+        return self.score is not None
 
     def roc(self) -> tuple[np.ndarray, np.ndarray]:
         """``(eff_sig, eff_bkg)`` of the weighted ROC curve."""
@@ -67,9 +77,28 @@ def frozen_test_set(dm) -> FrozenTestSet:
 
 def score_task(task, test: FrozenTestSet, what: str, evaluation=None) -> Scores:
     """Score ``test`` with ``task.predict`` and compute the key metrics of ``evaluation`` (default: a classifier's)."""
+    frozen = getattr(evaluation, "frozen_metrics", None)
+    if frozen is not None:  # the evaluation computes its metrics from the task itself (a generator)
+        try:
+            metrics = frozen(task, test.inputs, test.input_names, test.label)
+        except CalolabError as err:
+            raise CalolabError(
+                f"{what} could not be evaluated on the test split (digest {test.digest}): {err}"
+            ) from err
+        return Scores(score=None, metrics=metrics, test=test)
     score = task.predict(test.inputs, test.input_names, BATCH_SIZE)["score"]
     bad = int((~np.isfinite(score)).sum())
     if bad:
         raise CalolabError(f"{what} produced {bad} non-finite scores on the test split (digest {test.digest})")
     key_metrics = (evaluation or ClassifierEvaluation).key_metrics
     return Scores(score=score, metrics=key_metrics(test.label, score, test.weight), test=test)
+
+
+def parity_arrays(task, test: FrozenTestSet, n: int) -> tuple[list[str], list[np.ndarray]]:
+    """The ONNX graph's input names and at most ``n`` events of each: the task's own fixed inputs
+    (:meth:`~lightning_modules.task.Task.inference_inputs`), else the frozen test set's."""
+    own = task.inference_inputs()
+    if own is None:
+        return list(test.input_names), [np.ascontiguousarray(test.inputs[k][:n]) for k in test.input_names]
+    examples = task.example_inputs(n)
+    return list(own), [np.ascontiguousarray(examples[k]) for k in own]
