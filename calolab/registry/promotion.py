@@ -21,7 +21,7 @@ from calolab.registry.errors import RegistryError
 from calolab.registry.lock import promotion_lock
 from calolab.registry.policy import GatePolicy
 from calolab.registry.registration import CHAMPION, TAG, aliases, find_or_register, registered_model
-from calolab.registry.scoring import FrozenTestSet, Scores, frozen_test_set, score_task
+from calolab.registry.scoring import FrozenTestSet, Scores, frozen_test_set, parity_arrays, score_task
 from calolab.registry.selection import Candidate, select_candidate
 from calolab.tracking import TrackingStore
 
@@ -73,7 +73,7 @@ def _score_champion(store: TrackingStore, version: str, mv, test: FrozenTestSet)
 
 def _paired(policy: GatePolicy, cand: Scores, champion: _Champion | None) -> dict | None:
     """Candidate-vs-champion comparisons on the same events (paired bootstrap), when they share the test set."""
-    if champion is None or champion.scores.test is not cand.test:
+    if champion is None or champion.scores.test is not cand.test or not cand.has_scores:
         return None
     return G.paired_comparisons(
         cand.test.label,
@@ -152,14 +152,15 @@ def promote(
     cand = score_task(task, test, f"candidate run {candidate.run_id}", build_evaluation(restored.cfg))
     with tempfile.TemporaryDirectory(prefix="calolab-promote-") as tmp:
         onnx_path = download_onnx(candidate, store, Path(tmp))
+        names, arrays = parity_arrays(task, test, policy.parity.events)  # a generator: fixed latents
         early = [
             G.parity_gate(
                 onnx_path,
-                parity_reference(task, test.input_names),
-                [test.inputs[k] for k in test.input_names],
+                parity_reference(task, names),
+                arrays,
                 policy.parity.with_defaults(restored.cfg.export),
             ),
-            G.latency_gate(onnx_path, test.inputs, policy.latency),
+            G.latency_gate(onnx_path, dict(zip(names, arrays)), policy.latency),
             G.decorrelation_gate(test.label, cand.score, test.weight, test.aux, policy.decorrelation),
         ]
         champion = None

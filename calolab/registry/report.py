@@ -50,6 +50,8 @@ def comparisons(
     or when the two were scored on different test sets (forced), where no pairing exists."""
     if champion is None or decision.candidate_is_champion or champion.test.digest != candidate.test.digest:
         return []
+    if not (candidate.has_scores and champion.has_scores):  # a generator: no per-event scores to pair
+        return []
     test = candidate.test
     return list(
         paired_comparisons(
@@ -102,7 +104,7 @@ def markdown(decision: Decision, candidate: Scores, champion: Scores | None) -> 
     if d.comparisons:
         lines += ["", "## Candidate vs champion on the same test events (paired bootstrap)", ""]
         lines += [f"- {line}" for line in d.comparisons]
-    lines += ["", "![ROC overlay](roc_overlay.png)", ""]
+    lines += ["", "![ROC overlay](roc_overlay.png)", ""] if candidate.has_scores else [""]
     return "\n".join(lines)
 
 
@@ -138,9 +140,12 @@ def log_report(store, experiment: str, decision: Decision, candidate: Scores, ch
         metrics.update({f"champion/{k}": v for k, v in (decision.champion_metrics or {}).items()})
         mlflow.log_metrics(metrics)
         (out / "report.md").write_text(markdown(decision, candidate, champion))
-        roc_overlay(out / "roc_overlay.png", decision, candidate, champion)
+        files = ["report.md", "decision.json"]
+        if candidate.has_scores:  # a generator has no ROC
+            roc_overlay(out / "roc_overlay.png", decision, candidate, champion)
+            files.insert(1, "roc_overlay.png")
         record = dataclasses.asdict(decision) | {"outcome": decision.outcome, "report_run_id": run.run_id}
         (out / "decision.json").write_text(json.dumps(record, indent=2))
-        for file in ("report.md", "roc_overlay.png", "decision.json"):
+        for file in files:
             mlflow.log_artifact(str(out / file), "promotion")
         return run.run_id
