@@ -60,6 +60,84 @@ def calolab_cause(err: BaseException) -> CalolabError | None:
     return None
 
 
+#: Hydra's flags whose value is the next argument (kept when a multirun job's command line is rebuilt)
+_VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+#: what Lightning's DDP launcher leaves in the environment of the process that launched the ranks
+_DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "PL_GLOBAL_SEED")
+
+
+def single_run_argv(argv: list[str], task_overrides: list[str], hydra_overrides: list[str]) -> list[str]:
+    """The command line that re-runs one job of a multirun as a single run.
+
+    Lightning's DDP launcher starts the other ranks with ``sys.argv`` (plus ``hydra.run.dir=...``):
+    in a multirun that would be ``-m`` and every job's overrides, and each rank would start the
+    whole multirun (or sweep) again. A job's command line is the program, Hydra's config-folder
+    flags, the job's own overrides (a sweep trial's sampled values and its ``+sweep_trial.*``)
+    and the ``hydra.searchpath`` given on the command line (users' config folders).
+    """
+    kept, args = [argv[0]], iter(argv[1:])
+    for arg in args:
+        if arg in _MULTIRUN_FLAGS:
+            continue
+        if arg in _VALUE_FLAGS:
+            kept += [arg, next(args, "")]
+        elif arg.startswith("-"):
+            kept.append(arg)
+    searchpath = [o for o in hydra_overrides if o.lstrip("+").startswith(SEARCHPATH_KEY)]
+    return [*kept, *task_overrides, *searchpath]
+
+
+@contextmanager
+def multirun_job_as_single_run() -> Iterator[None]:
+    """Within one job of a Hydra multirun (a sweep trial too): DDP ranks re-run this job alone.
+
+    ``sys.argv`` becomes :func:`single_run_argv` and ``hydra.run.dir`` the job's own folder (where
+    Lightning puts the other ranks' logs); after the job, argv is given back, the job's process
+    group is destroyed (the next job starts new ranks) and Lightning's rendezvous variables are
+    reset, so that the next job picks a free port. Outside a multirun it does nothing.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hc = HydraConfig.get()
+    saved_argv, saved_env = list(sys.argv), {k: os.environ.get(k) for k in _DDP_VARIABLES}
+    sys.argv = single_run_argv(sys.argv, list(hc.overrides.task), list(hc.overrides.hydra))
+    with _writable(hc.run):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        _end_process_group()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def _writable(node: DictConfig) -> Iterator[None]:
+    from omegaconf import open_dict, read_write
+
+    with read_write(node), open_dict(node):
+        yield
+
+
+def _end_process_group() -> None:
+    """Destroy this process's torch.distributed process group, if a DDP job left one."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def report_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn CalolabError (and KeyboardInterrupt) into one line and an exit code."""
 
@@ -71,7 +149,8 @@ def report_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
         quiet_third_party()
         try:
-            return func(*args, **kwargs)
+            with multirun_job_as_single_run():
+                return func(*args, **kwargs)
         except MissingMandatoryValue as err:
             if verbose():
                 raise

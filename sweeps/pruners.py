@@ -1,7 +1,8 @@
 """Pruner factory: a name from ``hydra.sweeper.pruner`` -> one of Optuna's pruners.
 
 The median rule is the default; Hyperband spends the epoch budget by successive halving;
-``none`` disables pruning. Multi-objective studies cannot prune (Optuna reports one value).
+``threshold`` stops a trial whose metric leaves a fixed range (``{threshold: {lower: 0.6,
+n_warmup_steps: 2}}``: a val/auc still below 0.6 after two epochs); ``none`` disables pruning. Multi-objective studies cannot prune (Optuna reports one value).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from calolab.errors import ConfigError, suggest
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
     "none": optuna.pruners.NopPruner,
 }
 
@@ -24,7 +26,7 @@ def make_pruner(name: str | None, *, options: Mapping[str, Any] | None = None) -
     """The pruner called ``name`` (``None``/``none``/``nop``: no pruning).
 
     Args:
-        name: median, hyperband or none.
+        name: median, hyperband, threshold or none.
         options: constructor arguments per pruner name (``{median: {n_startup_trials: 3}}``), so
             that switching ``hydra.sweeper.pruner`` never passes one pruner's arguments to another.
     """

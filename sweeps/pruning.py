@@ -5,6 +5,7 @@ may live in another process: the trial is re-attached from the storage, see
 :mod:`sweeps.trial`) and, when the pruner says so, stops the fit; the training pipeline then
 raises :class:`optuna.TrialPruned`. It also records every metric's per-epoch values, from
 which the trial's objective values are taken, and the epochs trained (``calolab.epochs``).
+Under DDP the main process alone talks to the trial; its decision to stop reaches every rank.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 
 import optuna
 import pytorch_lightning as pl
+
+from calolab.ranks import is_main_process
 
 
 class PruningCallback(pl.Callback):
@@ -40,19 +43,27 @@ class PruningCallback(pl.Callback):
         if trainer.sanity_checking:
             return
         self.epochs += 1
-        epoch = trainer.current_epoch
         for key in self.metrics:
             if key in trainer.callback_metrics:
                 self.history[key].append(float(trainer.callback_metrics[key]))
+        stop = self._decide(trainer.current_epoch) if is_main_process() else False
+        # DDP: the trial lives with the main process, which alone reports and asks the pruner; every
+        # rank stops at the same epoch (a rank that trained on alone would wait in a collective forever)
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.broadcast(stop, src=0))
+        if stop:
+            trainer.should_stop = True
+
+    def _decide(self, epoch: int) -> bool:
+        """Report this epoch's value to the trial; True when the fit should stop (pruned or not finite)."""
         self.trial.set_user_attr("calolab.epochs", self.epochs)
         values = self.history[self.metrics[0]]
         if not values or values[-1] != values[-1] or not math.isfinite(values[-1]):
-            if values:  # NaN / inf: stop now, the trial ends FAIL
-                trainer.should_stop = True
-            return
+            return bool(values)  # NaN / inf: stop now, the trial ends FAIL
         if not self.report:
-            return
+            return False
         self.trial.report(values[-1], step=epoch)
         if self.trial.should_prune():
             self.pruned_at = epoch
-            trainer.should_stop = True
+            return True
+        return False
