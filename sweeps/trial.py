@@ -9,6 +9,12 @@ by number. :func:`run_trial` hands the training a :class:`TrialHandle`, the pipe
 :class:`~sweeps.pruning.PruningCallback`, a child MLflow run of the sweep's parent run
 (:class:`TrialRun`), pruning after fit, and the objective value(s) returned to Hydra's sweeper.
 The pipeline never imports the sweeps.
+
+A trial stopped by a signal (SIGTERM, SIGINT, SIGUSR1: :mod:`calolab.pipeline.preemption`) logs its
+checkpoint and ends its run KILLED like any training; :func:`run_trial` then records the trial FAIL
+with the interruption as ``fail_reason`` and queues it again with the same parameters (Optuna's
+retry callback, as the sweep does for the trials of a dead worker, :func:`sweeps.loop.recover_stale_trials`),
+and the worker stops: the next ``calolab train -m`` on the study runs the retry first.
 """
 
 from __future__ import annotations
@@ -16,20 +22,25 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
 import optuna
 from omegaconf import DictConfig, open_dict
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from calolab.errors import CalolabError
+from calolab.pipeline.preemption import Preempted
 from calolab.pipeline.train import TrainingHooks
+from calolab.ranks import is_main_process
 from calolab.tracking import TrackedRun
 from sweeps.errors import SweepError
 from sweeps.pruners import make_pruner
 from sweeps.pruning import PruningCallback
-from sweeps.storage import open_storage
+from sweeps.storage import MAX_RETRY, open_storage
 
 TRIAL_KEY = "sweep_trial"
 PROCESS_ATTR = "calolab.trial_process"
@@ -177,11 +188,39 @@ def attach_trial(cfg: DictConfig) -> TrialHandle | None:
 
 def run_trial(train, cfg: DictConfig) -> Any:
     """Run ``train(cfg, hooks=<the trial>)`` as a sweep trial and return its objective; a
-    CalolabError becomes :class:`TrialFailed`, so that the sweep records the trial FAIL and goes on."""
+    CalolabError becomes :class:`TrialFailed`, so that the sweep records the trial FAIL and goes on.
+    A trial stopped by a signal is FAIL and queued again (:func:`fail_and_retry`); the signal's
+    :class:`Preempted` stops the worker."""
+    handle = attach_trial(cfg)
     try:
-        result = train(cfg, hooks=attach_trial(cfg))
+        result = train(cfg, hooks=handle)
     except CalolabError as err:
         reason = f"{type(err).__name__}: {err}"
+    except Preempted as stopped:
+        if handle is not None and is_main_process():
+            checkpoint = f", checkpoint in run {stopped.run_id}" if stopped.run_id else ""
+            retry = fail_and_retry(handle, f"interrupted by {stopped.describe()}{checkpoint}")
+            queued = f"queued again as trial {retry}" if retry is not None else "not queued again (retries used up)"
+            stopped.hint = (
+                f"sweep trial {handle.number} failed and {queued}; the next `calolab train -m` on the study goes on"
+            )
+        raise
     else:
         return result["objective"]
     raise TrialFailed(reason)
+
+
+def fail_and_retry(handle: TrialHandle, reason: str) -> int | None:
+    """Record the trial FAIL with ``reason`` and queue it again with its parameters, up to
+    ``MAX_RETRY`` times (the retry's system attributes ``failed_trial`` / ``retry_history`` name the
+    original). Returns the retry's trial number, None when it was not queued."""
+    study, storage, trial_id = handle.study, handle.study._storage, handle.trial._trial_id
+    storage.set_trial_user_attr(trial_id, "fail_reason", reason[:2000])
+    if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+        return None
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    with warnings.catch_warnings():  # the retry callback is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, storage.get_trial(trial_id))
+    added = [t.number for t in study.get_trials(deepcopy=False) if t.number not in before]
+    return added[0] if added else None

@@ -161,8 +161,9 @@ def check_resumable(client, run) -> None:
 def requeued_run(store: TrackingStore, experiment: str) -> str | None:
     """In a SLURM job started again (``--requeue``): the unfinished run this job trained, if any.
 
-    Found by the job-id tag in ``experiment``; a FINISHED run (the job had completed its training)
-    is not resumed. None outside SLURM or when the job has no run yet.
+    Found by the job-id tag in ``experiment``: a KILLED or RUNNING run, or a FAILED one once SLURM
+    restarted the job (``SLURM_RESTART_COUNT`` > 0); a FINISHED run (the job had completed its
+    training) is not resumed. None outside SLURM or when the job has no run yet.
     """
     job = slurm_job_id()
     if job is None:
@@ -176,9 +177,11 @@ def requeued_run(store: TrackingStore, experiment: str) -> str | None:
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     if not runs or runs[0].info.status == "FINISHED":
         return None
-    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if runs[0].info.status == "FAILED" and restarts in ("", "0"):  # a failed training, not a preempted job
+        return None
     log.info("SLURM job %s (restart %s) resumes its run %s", job, restarts, runs[0].info.run_id)
     return runs[0].info.run_id
 
