@@ -314,6 +314,9 @@ def run(settings: ServerSettings) -> int:
     for name in ensure_databases(settings):
         print(f"calolab server: created database {name!r}", flush=True)
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": settings.backend_uri}
+    # MLflow's job runner serves GenAI features (scorers, prompt optimisation) calolab does not use; off
+    # unless asked for, it spares a process, seconds of start-up and the wait for it at shutdown
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     private = Path(tempfile.mkdtemp(prefix="calolab-server-"))  # mode 0700
     try:
         if settings.auth:

@@ -174,3 +174,7 @@ def postgres_url() -> Iterator[str]:
     else:
         with own_postgres() as url:
             yield url
+
+
+# -- the MLflow tracking server (tests/mlflow_server.py): one per session, shared by every module --
+from tests.mlflow_server import mlflow_server, server_sweep  # noqa: E402, F401
