@@ -103,3 +103,8 @@ RESUME_RAISED_TAG = "calolab.resume.raised"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT_NAME = "last.ckpt"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT_NAME}"
+
+# -- registry tags ----------------------------------------------------------------------------
+#: prefix of the promotion lock's tags on a registered model (one per waiting promotion, through
+#: a tracking server; calolab.registry.lock)
+PROMOTION_LOCK_TAG_PREFIX = "calolab.lock."

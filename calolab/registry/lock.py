@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from calolab.errors import InputFileError
+from calolab.keys import PROMOTION_LOCK_TAG_PREFIX as LOCK_TAG
 from calolab.registry.errors import LockTimeoutError, RegistryError
 from calolab.tracking import scrub_uri
 
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 FILE, ADVISORY, REGISTRY, OPTIMISTIC = "file", "postgresql-advisory", "registry-tags", "optimistic"
 #: seconds between a contender's heartbeats, and after which an unchanged tag is abandoned
 HEARTBEAT_S, STALE_S = 2.0, 30.0
-LOCK_TAG = "calolab.lock."
 _SERVER_POLL_S = 0.2
 _POLL_S = 0.05
 _POSTGRES = re.compile(r"^postgres(ql)?(\+[a-z0-9_]+)?://", re.IGNORECASE)
