@@ -14,8 +14,10 @@ and ``config.yaml``. An ``http://user:password@`` tracking URI is refused in one
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from calolab import secrets
+from calolab.logs import MaskSecrets
 from calolab.tracking.params import flatten_config, to_plain
 from sweeps.storage import open_storage
 from tests.conftest import run_cli, smoke_args
@@ -272,3 +275,26 @@ def test_a_stashed_password_reaches_libpq(postgres_url, roles, tmp_path, monkeyp
     monkeypatch.setenv("PGPASSWORD", "another-one")
     with pytest.raises(secrets.ConfigError, match="PGPASSWORD is set"):
         secrets.stash(roles["tracking"]["url"], option="tracking.uri")
+
+
+def test_hydra_files_and_log_lines_are_masked(tmp_path, monkeypatch):
+    """What reaches Hydra from a config file: its saved YAML and its log records are masked."""
+    token = secret("token")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(
+        "tracking:\n  uri: postgresql://calolab:hunter2@db/mlflow\ndb:\n  password: hunter2\n"
+        f"  token: null\nnet:\n  token_dim: 64\nnote: {token}\n"
+    )
+    secrets.mask_files([saved, tmp_path / "missing.yaml"])
+    assert saved.read_text() == (
+        "tracking:\n  uri: postgresql://***@db/mlflow\ndb:\n  password: ***\n"
+        "  token: null\nnet:\n  token_dim: 64\nnote: ***\n"
+    )
+    try:
+        raise RuntimeError(f"cannot reach http://alice:{token}@host")
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "token %s", (token,), sys.exc_info())
+    assert MaskSecrets().filter(record)
+    text = logging.Formatter().format(record)
+    assert MARK not in text and "token ***" in text and "http://***@host" in text
