@@ -161,7 +161,9 @@ def report_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
             cause = calolab_cause(err)
             if cause is None or verbose():
                 raise
-            print(f"calolab {command}: error: {cause}", file=sys.stderr)
+            from calolab.secrets import mask  # a URL or secret from a config file never reaches the terminal
+
+            print(f"calolab {command}: error: {mask(str(cause))}", file=sys.stderr)
             sys.exit(cause.exit_code)
         except KeyboardInterrupt:
             print(f"calolab {command}: interrupted", file=sys.stderr)
