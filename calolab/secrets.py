@@ -70,6 +70,10 @@ CREDENTIAL_KEYS = frozenset(
 MIN_MASKED_LENGTH = 6
 #: scheme:// then the user information (greedy up to the last '@' before the path)
 URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s'\"]*)@")
+#: ``<dotted key>=<value>`` (an override, a log line) whose last key part may be a credential field
+CREDENTIAL_OVERRIDE = re.compile(r"(?<![\w.])(?P<key>[+~]{0,2}(?:[\w-]+\.)*(?P<name>\w+))=(?P<value>[^\s,'\"\])]+)")
+#: a URL runs to the first blank, quote, comma or closing bracket (an override's list or string)
+URL_END = re.compile(r"[^\s'\",\])]+")
 POSTGRES_SCHEME = re.compile(r"^postgres(ql)?(\+[a-z0-9_]+)?$", re.IGNORECASE)
 HTTP_SCHEMES = ("http", "https")
 #: where stashed passwords go; the default is under the home directory, which the nodes of a
@@ -94,10 +98,15 @@ def mask(text: str) -> str:
     may be a token, so it is masked whole.
     """
     text = URL_USERINFO.sub(_mask_userinfo, str(text))
+    text = CREDENTIAL_OVERRIDE.sub(_mask_override, text)
     for secret in known_secrets():
         if len(secret) >= MIN_MASKED_LENGTH:
             text = text.replace(secret, MASK)
     return text
+
+
+def _mask_override(m: re.Match) -> str:
+    return f"{m.group('key')}={MASK}" if m.group("name").lower() in CREDENTIAL_KEYS else m.group(0)
 
 
 def _mask_userinfo(m: re.Match) -> str:
@@ -188,18 +197,21 @@ def url_passwords(text: str) -> list[tuple[str, str]]:
 
 
 # -- taking passwords out of URLs ----------------------------------------------------------------
-def stash(url: str, *, option: str = "the URL") -> str:
-    """``url`` without its password, the password handed to libpq through this process's
-    pgpass file (PostgreSQL); the URL itself when it holds none.
+def stash(text: str, *, option: str = "the URL") -> str:
+    """``text`` (a URL, or an override holding URLs) with every password taken out of its URLs,
+    each handed to libpq through this process's pgpass file (PostgreSQL); unchanged when it
+    holds none.
 
     Raises:
         ConfigError: user information in an ``http(s)://`` URL (MLflow's variables are the
             place for it), or a password in a URL of another kind of database.
     """
-    match = URL_USERINFO.search(url)
-    if match is None:
-        return url
+    return URL_USERINFO.sub(lambda m: _stash_one(m, text, option), text)
+
+
+def _stash_one(match: re.Match, text: str, option: str) -> str:
     scheme = match.group("scheme")[:-3]
+    url = URL_END.match(text, match.start()).group(0)
     user, sep, password = match.group("userinfo").partition(":")
     if scheme.lower() in HTTP_SCHEMES:
         raise ConfigError(
@@ -208,13 +220,12 @@ def stash(url: str, *, option: str = "the URL") -> str:
             f"{CREDENTIALS_FILE}) instead, but got {option}={mask(url)}"
         )
     if not sep:
-        return url  # a user name alone is no secret
+        return match.group(0)  # a user name alone is no secret
     if not POSTGRES_SCHEME.match(scheme):
         raise ConfigError(
             f"{option}: a password in a {scheme}:// URL would be recorded with every run; give it through "
             f"the database client's own option file, but got {option}={mask(url)}"
         )
-    host, port = _host_port(url)
     password = unquote(password)
     pgpassword = os.environ.get("PGPASSWORD")
     if pgpassword and pgpassword != password:
@@ -222,8 +233,9 @@ def stash(url: str, *, option: str = "the URL") -> str:
             f"{option}: PGPASSWORD is set and would be used instead of the password in the URL; unset one "
             f"of them, but got {option}={mask(url)}"
         )
+    host, port = _host_port(url)
     _add_entry((host, port, unquote(user) or "*", password))
-    return url[: match.start("userinfo")] + user + url[match.end("userinfo") :]
+    return f"{match.group('scheme')}{user}@"
 
 
 def strip_arguments(args: Iterable[str]) -> list[str]:
