@@ -25,6 +25,20 @@ from sweeps.trial import this_process
 
 log = logging.getLogger(__name__)
 PARENT_ATTR = "calolab.parent_run_id"  # a trial's user attribute: its worker's parent run
+#: reference points of a multi-objective study, marked on its Pareto plot and listed in
+#: ``pareto_front.json`` (``"reference": true``) whether or not they are on the front: parameter ->
+#: value. ``model.lam = 0`` is the undecorrelated tagger of an adversarial lambda scan.
+REFERENCE_PARAMS: dict[str, tuple[object, str]] = {"model.lam": (0.0, r"$\lambda$ = 0 (no adversary)")}
+
+
+def reference_trials(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[optuna.trial.FrozenTrial, str]]:
+    """The complete trials at a reference parameter value (:data:`REFERENCE_PARAMS`), with their label."""
+    out = []
+    for t in trials:
+        for key, (value, label) in REFERENCE_PARAMS.items():
+            if key in t.params and t.params[key] == value and t.state == TrialState.COMPLETE:
+                out.append((t, label))
+    return out
 
 
 class ParentRun:
@@ -87,14 +101,7 @@ class ParentRun:
                 self.client.log_param(self.run_id, f"best.{key}", value)
         else:
             self.client.log_metric(self.run_id, "sweep/n_pareto", len(study.best_trials))
-            self.client.log_dict(
-                self.run_id,
-                [
-                    {"number": t.number, "values": dict(zip(metrics, t.values, strict=True)), "params": t.params}
-                    for t in study.best_trials
-                ],
-                "pareto_front.json",
-            )
+            self.client.log_dict(self.run_id, pareto_rows(study, metrics), "pareto_front.json")
         with tempfile.TemporaryDirectory(prefix="calolab-sweep-") as tmp:
             for path in study_plots(study, metrics, Path(tmp)):
                 self.client.log_artifact(self.run_id, str(path), "plots")
@@ -123,6 +130,33 @@ def close_dead_runs(client: MlflowClient, trials: list[optuna.trial.FrozenTrial]
                 client.set_terminated(run_id, "FAILED")
 
 
+def pareto_rows(study: optuna.Study, metrics: list[str]) -> list[dict]:
+    """The Pareto front as a table (number, values, params), plus the reference trials
+    (:data:`REFERENCE_PARAMS`), flagged ``reference`` and ``pareto``, even when off the front."""
+    front = {t.number for t in study.best_trials}
+    rows = [
+        {"number": t.number, "values": dict(zip(metrics, t.values, strict=True)), "params": t.params}
+        for t in study.best_trials
+    ]
+    for t, _ in reference_trials(study.get_trials(deepcopy=False)):
+        if t.number not in front:
+            rows.append({"number": t.number, "values": dict(zip(metrics, t.values, strict=True)), "params": t.params})
+        next(r for r in rows if r["number"] == t.number).update(reference=True, pareto=t.number in front)
+    return rows
+
+
+def _mark_references(study: optuna.Study, ax):
+    """Circle the reference trials (:data:`REFERENCE_PARAMS`) on a two-objective Pareto plot."""
+    refs = reference_trials(study.get_trials(deepcopy=False))
+    if refs and len(study.directions) == 2 and not hasattr(ax, "flat"):
+        for label in dict.fromkeys(lbl for _, lbl in refs):
+            xs = [t.values[0] for t, lbl in refs if lbl == label]
+            ys = [t.values[1] for t, lbl in refs if lbl == label]
+            ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="k", linewidths=1.5, label=label, zorder=5)
+        ax.legend(loc="best", fontsize="small")
+    return ax
+
+
 def study_plots(study: optuna.Study, metrics: list[str], out: Path) -> list[Path]:
     """The study's plots as PNGs (a plot that cannot be drawn yet is skipped with a log line)."""
     import matplotlib
@@ -132,7 +166,8 @@ def study_plots(study: optuna.Study, metrics: list[str], out: Path) -> list[Path
     from optuna.visualization import matplotlib as ovm
 
     names = [m.replace("/", "_") for m in metrics]
-    plots = {"pareto_front": lambda: ovm.plot_pareto_front(study, target_names=metrics)} if len(metrics) > 1 else {}
+    plots = {"pareto_front": lambda: _mark_references(study, ovm.plot_pareto_front(study, target_names=metrics))}
+    plots = plots if len(metrics) > 1 else {}
     for i, (metric, name) in enumerate(zip(metrics, names, strict=True)):
         suffix = "" if len(metrics) == 1 else f"_{name}"
         target = None if len(metrics) == 1 else (lambda t, i=i: t.values[i])

@@ -349,3 +349,29 @@ def test_adversarial_training_raises_inverse_jsd(tmp_path):
     assert adversarial["auc"] > 0.7, figures
     # the per-epoch val/inv_jsd50 of the last epoch says the same
     assert adversarial["val"] > plain["val"], figures
+
+
+def test_lambda_scan_report_marks_lambda_zero():
+    """The sweep's Pareto table lists the lambda = 0 trial (marked) even off the front; the plot circles it."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    from sweeps.report import _mark_references, pareto_rows
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    dist = {"model.lam": optuna.distributions.CategoricalDistribution([0.0, 1.0, 10.0, 100.0])}
+    # (R50, 1/JSD) per lambda: lambda = 0 is dominated by lambda = 1 here, so off the front
+    for lam, values in ((0.0, (20.0, 1.5)), (1.0, (21.0, 2.0)), (10.0, (15.0, 5.0)), (100.0, (8.0, 20.0))):
+        study.add_trial(optuna.trial.create_trial(params={"model.lam": lam}, distributions=dist, values=list(values)))
+    rows = pareto_rows(study, ["test/rej50", "test/inv_jsd50"])
+    ref = [r for r in rows if r.get("reference")]
+    assert [r["params"]["model.lam"] for r in ref] == [0.0] and ref[0]["pareto"] is False
+    assert ref[0]["values"] == {"test/rej50": 20.0, "test/inv_jsd50": 1.5}
+    assert {r["params"]["model.lam"] for r in rows if not r.get("reference")} == {1.0, 10.0, 100.0}
+    with warnings.catch_warnings():  # optuna's matplotlib backend is marked experimental
+        warnings.simplefilter("ignore")
+        ax = _mark_references(study, ovm.plot_pareto_front(study, target_names=["test/rej50", "test/inv_jsd50"]))
+    assert any("no adversary" in t.get_text() for t in ax.get_legend().get_texts())
+    ax.figure.clf()
