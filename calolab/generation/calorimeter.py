@@ -20,6 +20,14 @@ Particles further from the seed than any window could reach (window half-size + 
 (:func:`~calolab.generation.showers.sampling_fluctuations`), then every layer's cells Gaussian
 electronic noise and pileup noise of width ``pileup_noise_mev * sqrt(mu)``; set the pileup
 coefficients to 0 when pileup particles are overlaid instead.
+
+Six layers: given a list of Tile depths (``tile_depth_lambda: [1.5, 4.1, 1.8]``) the calorimeter
+simulates TileBar0, TileBar1 and TileBar2 behind the EM barrel (the pion sample's six barrel
+layers). Hadronic spots are then placed in the Tile layer of their depth, MIPs deposit
+``tile_mip_mev`` per TileBar0 depth in each, and EM energy beyond EMB3 (deep photon leakage, the
+EM part of a hadronic shower starting in the Tile) continues at ``tile_lambda_per_x0``
+interaction lengths per X0 through the Tile layers. With one Tile layer all EM energy beyond
+EMB3 is TileBar0's, as it always was.
 """
 
 from __future__ import annotations
@@ -33,7 +41,15 @@ import awkward as ak
 import numpy as np
 
 from calolab.errors import CalolabError, ConfigError, check_number
-from calolab.generation.geometry import EM_LAYERS, GRIDS, LAYER_NAMES, DepthStack, Window, search_hottest, wrap_phi
+from calolab.generation.geometry import (
+    EM_LAYERS,
+    GRIDS,
+    TILE_LAYERS,
+    DepthStack,
+    Window,
+    search_hottest,
+    wrap_phi,
+)
 from calolab.generation.showers import (
     PHOTON_CONVERSION_X0,
     Spots,
@@ -119,6 +135,10 @@ class EMCalorimeter:
         lambda_per_x0: interaction lengths per X0 in the EM calorimeter (0.05: the ~24 X0 of
             presampler material and EM layers make ~1.2 lambda).
         tile_depth_lambda: TileBar0 depth in interaction lengths; hadronic energy beyond is lost.
+            Or a list of one to three depths: TileBar0, TileBar1, TileBar2 (the layers simulated;
+            ``noise_mev``, ``pileup_noise_mev`` and ``windows`` then name each of them).
+        tile_lambda_per_x0: interaction lengths per X0 in the Tile (iron/scintillator: X0 ~ 2 cm,
+            lambda ~ 21 cm); places EM energy in the Tile layers when there are several.
         hadron_response: EM-scale response h/e to the non-EM part of hadronic showers (their
             EM part, Groom's f_em, is seen at 1), giving pi/e ~ 0.85 at 50 GeV.
         hadron_stochastic_term: hadronic stochastic term a in a / sqrt(E[GeV]).
@@ -151,7 +171,8 @@ class EMCalorimeter:
         mip_mev_per_x0: float = 10.0,
         tile_mip_mev: float = 300.0,
         lambda_per_x0: float = 0.05,
-        tile_depth_lambda: float = 1.5,
+        tile_depth_lambda: float | Sequence[float] = 1.5,
+        tile_lambda_per_x0: float = 0.1,
         hadron_response: float = 0.7,
         hadron_stochastic_term: float = 0.5,
         hadron_radius_cm: float = 5.0,
@@ -162,17 +183,20 @@ class EMCalorimeter:
         self.critical_energy_mev = check_number("critical_energy_mev", critical_energy_mev, 0.0, low_open=True)
         self.z_eff = check_number("z_eff", z_eff, 1.0, 100.0)
         self.presampler_x0 = check_number("presampler_x0", presampler_x0, 0.0)
+        tiles = self._tile_depths(tile_depth_lambda)
+        #: the simulated layers, in depth order
+        self.layers = (*EM_LAYERS, *TILE_LAYERS[: len(tiles)])
         depths = _per_layer("layer_depths_x0", layer_depths_x0, EM_LAYERS)
         self.layer_depths_x0 = {
             k: check_number(f"layer_depths_x0[{k!r}]", v, 0.0, low_open=True) for k, v in depths.items()
         }
-        noise = _per_layer("noise_mev", noise_mev, LAYER_NAMES)
+        noise = _per_layer("noise_mev", noise_mev, self.layers)
         self.noise_mev = {k: check_number(f"noise_mev[{k!r}]", v, 0.0) for k, v in noise.items()}
-        pileup = _per_layer("pileup_noise_mev", pileup_noise_mev, LAYER_NAMES)
+        pileup = _per_layer("pileup_noise_mev", pileup_noise_mev, self.layers)
         self.pileup_noise_mev = {k: check_number(f"pileup_noise_mev[{k!r}]", v, 0.0) for k, v in pileup.items()}
         self.sampling_term = check_number("sampling_term", sampling_term, 0.0, 1.0)
         self.max_spots = _integer("max_spots", max_spots, 1)
-        self.windows = {k: self._window_shape(k, v) for k, v in _per_layer("windows", windows, LAYER_NAMES).items()}
+        self.windows = {k: self._window_shape(k, v) for k, v in _per_layer("windows", windows, self.layers).items()}
         self.unhealthy_fraction = check_number("unhealthy_fraction", unhealthy_fraction, 0.0, 1.0)
         self.seed_search_cells = _integer("seed_search_cells", seed_search_cells, 0)
         if not isinstance(projective_depth, (bool, np.bool_)):
@@ -183,15 +207,39 @@ class EMCalorimeter:
         self.mip_mev_per_x0 = check_number("mip_mev_per_x0", mip_mev_per_x0, 0.0)
         self.tile_mip_mev = check_number("tile_mip_mev", tile_mip_mev, 0.0)
         self.lambda_per_x0 = check_number("lambda_per_x0", lambda_per_x0, 0.0, 1.0, low_open=True)
-        self.tile_depth_lambda = check_number("tile_depth_lambda", tile_depth_lambda, 0.0, low_open=True)
+        self.tile_depth_lambda = tiles[0] if isinstance(tile_depth_lambda, int | float) else list(tiles)
+        self.tile_lambda_per_x0 = check_number("tile_lambda_per_x0", tile_lambda_per_x0, 0.0, 1.0, low_open=True)
         self.hadron_response = check_number("hadron_response", hadron_response, 0.0, 2.0)
         self.hadron_stochastic_term = check_number("hadron_stochastic_term", hadron_stochastic_term, 0.0, 5.0)
         self.hadron_radius_cm = check_number("hadron_radius_cm", hadron_radius_cm, 0.0, low_open=True)
         self.hadron_spots = _integer("hadron_spots", hadron_spots, 1)
         self.stack = DepthStack(
-            self.presampler_x0, tuple(self.layer_depths_x0.values()), self.lambda_per_x0, self.tile_depth_lambda
+            self.presampler_x0, tuple(self.layer_depths_x0.values()), self.lambda_per_x0, tiles[0], tuple(tiles[1:])
         )
         self._reach = self._reach_from_seed()
+
+    @staticmethod
+    def _tile_depths(value: Any) -> list[float]:
+        """TileBar0's depth, or one to three Tile layers' depths, in interaction lengths."""
+        if isinstance(value, bool):
+            raise ConfigError(f"tile_depth_lambda must be a number or a list of 1 to 3 numbers, but got {value!r}")
+        if isinstance(value, int | float | np.floating | np.integer):
+            return [check_number("tile_depth_lambda", value, 0.0, low_open=True)]
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not 1 <= len(value) <= 3:
+            raise ConfigError(
+                f"tile_depth_lambda must be a number or a list of 1 to 3 depths {list(TILE_LAYERS)}, but got {value!r}"
+            )
+        return [check_number(f"tile_depth_lambda[{i}]", v, 0.0, low_open=True) for i, v in enumerate(value)]
+
+    def impact_phi(self, pt: np.ndarray, phi: np.ndarray, charge: np.ndarray) -> np.ndarray:
+        """Azimuth at which particles of (pt GeV, phi, charge) reach the calorimeter (solenoid bending).
+
+        Loopers (sin alpha >= 1) are given the azimuth at which they would have left the solenoid.
+        """
+        pt, phi, q = (np.asarray(a, np.float64) for a in (pt, phi, charge))
+        bend = np.minimum(0.3e-2 * self.bfield_tesla * self.solenoid_radius_cm / (2.0 * np.maximum(pt, 1e-9)), 1.0)
+        turn = 2.0 * np.arcsin(bend) - np.arcsin(bend * self.solenoid_radius_cm / self.radius_cm)
+        return wrap_phi(phi - q * turn)
 
     @staticmethod
     def _window_shape(layer: str, value: Any) -> tuple[int, int]:
@@ -264,7 +312,7 @@ class EMCalorimeter:
             rng: the only source of randomness; equal states give equal outputs.
 
         Returns:
-            ``cells_<layer>`` (N, n_eta, n_phi) float32 MeV for EMB1, EMB2, EMB3, TileBar0, with
+            ``cells_<layer>`` (N, n_eta, n_phi) float32 MeV for EMB1, EMB2, EMB3 and the Tile layers, with
             fluctuations and noise; the EMB2 window is centred on the hottest measured cell;
             ``cl_eta``, ``cl_phi`` (3x3 EMB2 barycentre around the hottest cell, positive cells
             only), ``cl_e`` (MeV, sum of the EM windows), ``cl_et`` (= cl_e / cosh(cl_eta)),
@@ -274,10 +322,10 @@ class EMCalorimeter:
         p = self._flatten(particles, len(seed_eta))
         event, eta, phi, energy, layer = self._deposits(p, seed_eta, seed_phi, rng)
         order = np.argsort(layer, kind="stable")  # radix sort on int8; -1 and 4 (lost) fall outside
-        bounds = np.searchsorted(layer[order], np.arange(len(LAYER_NAMES) + 1))
+        bounds = np.searchsorted(layer[order], np.arange(len(self.layers) + 1))
         by_layer = {
             name: tuple(a[order[bounds[i] : bounds[i + 1]]] for a in (event, eta, phi, energy))
-            for i, name in enumerate(LAYER_NAMES)
+            for i, name in enumerate(self.layers)
         }
 
         def measure(name: str, deposited: np.ndarray) -> np.ndarray:
@@ -298,11 +346,11 @@ class EMCalorimeter:
         )
         centre = emb2.centre()
         cells = {"EMB2": cells2}
-        for name in LAYER_NAMES:
+        for name in self.layers:
             if name != "EMB2":
                 window = Window.centred_on(GRIDS[name], self.windows[name], *centre)
                 cells[name] = measure(name, window.deposit(*by_layer[name]))
-        cells = {name: cells[name] for name in LAYER_NAMES}
+        cells = {name: cells[name] for name in self.layers}
         unhealthy = self._make_unhealthy(cells, rng)
         out = {f"cells_{k}": v.astype(np.float32) for k, v in cells.items()}
         out.update(self._cluster(cells, emb2))
@@ -314,7 +362,8 @@ class EMCalorimeter:
     ) -> tuple[np.ndarray, ...]:
         """All point deposits (event, eta, phi, energy MeV, layer) of the batch, float32 / int32.
 
-        Layer -1 (presampler) and 4 (beyond TileBar0) are lost energy and left for the caller to skip.
+        Layer -1 (presampler) and n_layers (beyond the last Tile layer) are lost energy and left for
+        the caller to skip.
         """
         apid, q, pt = np.abs(p["pid"]), p["charge"], p["pt"]
         # sin(alpha) = 0.3 B[T] R_sol[m] / (2 pT[GeV]): the turn of the position angle at R_sol
@@ -337,15 +386,22 @@ class EMCalorimeter:
         stop = np.full(len(eta), np.inf)  # muons never interact
         stop[hadron] = start / path[hadron]
         mip = np.flatnonzero((q != 0) & ~is_em)
-        per_layer = np.array([*(self.mip_mev_per_x0 * d for d in self.layer_depths_x0.values()), self.tile_mip_mev])
-        mip_e = self.stack.path_before(stop[mip]) * per_layer * path[mip, None]  # (M, 4)
-        layers = np.tile(np.arange(4, dtype=np.int8), len(mip))
+        tiles = (self.stack.tile_depth_lambda, *self.stack.deeper_tile_lambda)
+        per_layer = np.array(
+            [
+                *(self.mip_mev_per_x0 * d for d in self.layer_depths_x0.values()),
+                *(self.tile_mip_mev * d / tiles[0] for d in tiles),
+            ]
+        )
+        n_layers = self.stack.n_layers
+        mip_e = self.stack.path_before(stop[mip]) * per_layer * path[mip, None]  # (M, n_layers)
+        layers = np.tile(np.arange(n_layers, dtype=np.int8), len(mip))
         eta32, phi32 = eta.astype(np.float32), phi.astype(np.float32)
         parts = [
             (
-                np.repeat(ev[mip], 4),
-                np.repeat(eta32[mip], 4),
-                np.repeat(phi32[mip], 4),
+                np.repeat(ev[mip], n_layers),
+                np.repeat(eta32[mip], n_layers),
+                np.repeat(phi32[mip], n_layers),
                 mip_e.astype(np.float32).ravel(),
                 layers,
             )
@@ -378,7 +434,7 @@ class EMCalorimeter:
         conversion = rng.exponential(PHOTON_CONVERSION_X0, len(em)) * (apid[em] != 11)
         spots = sample_em_spots(
             np.concatenate([e[em], em_part[has_em]]),
-            np.concatenate([conversion, start[showering][has_em] / self.lambda_per_x0]),
+            np.concatenate([conversion, self._em_start_x0(start[showering][has_em], path[shower[has_em]])]),
             z_eff=self.z_eff,
             critical_energy_mev=self.critical_energy_mev,
             moliere_radius_cm=self.moliere_radius_cm,
@@ -386,9 +442,37 @@ class EMCalorimeter:
             rng=rng,
         )
         owner = em_owner[spots.owner]
-        parts.append(self._spots_at(owner, spots, self.stack.layer_of_x0(spots.depth / path[owner]), ev, eta32, phi32))
+        parts.append(self._spots_at(owner, spots, self._em_layer(spots.depth / path[owner]), ev, eta32, phi32))
 
         return tuple(np.concatenate(a) for a in zip(*parts, strict=True))
+
+    def _em_start_x0(self, start_lambda: np.ndarray, path: np.ndarray) -> np.ndarray:
+        """Start depth (X0 along the path) of the EM part of hadronic showers starting at ``start_lambda``.
+
+        With several Tile layers a start beyond EMB3 is converted at ``tile_lambda_per_x0`` (see
+        :meth:`_em_layer`); with one, at the EM calorimeter's ``lambda_per_x0``, as it always was.
+        """
+        x0 = start_lambda / self.lambda_per_x0
+        if not self.stack.deeper_tile_lambda:
+            return x0
+        em_end_lambda, em_end_x0 = self.stack.edges_lambda[3], self.stack.edges_x0[-1]
+        beyond = start_lambda / path - em_end_lambda  # at eta = 0
+        return np.where(beyond > 0.0, (em_end_x0 + beyond / self.tile_lambda_per_x0) * path, x0)
+
+    def _em_layer(self, depth_x0: np.ndarray) -> np.ndarray:
+        """Layer of EM spots at depth ``depth_x0`` (X0 at eta = 0): EM layers, then the Tile layers.
+
+        With one Tile layer everything beyond EMB3 is TileBar0's; with several, depth beyond EMB3
+        continues at ``tile_lambda_per_x0`` lambda per X0 through the Tile layers (beyond: lost).
+        """
+        layer = self.stack.layer_of_x0(depth_x0)
+        if not self.stack.deeper_tile_lambda:
+            return layer
+        deep = layer >= 3
+        em_end_lambda, em_end_x0 = self.stack.edges_lambda[3], self.stack.edges_x0[-1]
+        lam = em_end_lambda + (depth_x0[deep] - em_end_x0) * self.tile_lambda_per_x0
+        layer[deep] = self.stack.layer_of_lambda(lam)
+        return layer
 
     def _spots_at(
         self, owner: np.ndarray, spots: Spots, layer: np.ndarray, ev: np.ndarray, eta: np.ndarray, phi: np.ndarray

@@ -4,14 +4,15 @@ Each layer is a projective grid in (eta, phi) covering the whole azimuth: cell `
 ``eta`` in ``[i, i + 1) * d_eta`` and ``phi + pi`` in ``[j, j + 1) * 2 pi / n_phi`` (``j`` taken
 modulo ``n_phi``, which is how the wrap-around at phi = +-pi is handled). The granularities are
 the ATLAS barrel ones (REFERENCE.md): strips EMB1 0.003125 x 2pi/64, middle EMB2 0.025 x 2pi/256,
-back EMB3 0.05 x 2pi/256, TileBar0 0.1 x 2pi/64. The barrel's eta edges are not modelled: the
+back EMB3 0.05 x 2pi/256, TileBar0 and TileBar1 0.1 x 2pi/64, TileBar2 0.2 x 2pi/64. The barrel's eta edges are not modelled: the
 grids extend in eta without end, so a window at |eta| ~ 1.4 is simply filled as if the barrel
 went on. Because cells are projective, a transverse displacement ``d`` (cm) from a shower axis at
 radius ``R`` moves a deposit by ``d_eta = d_eta_direction / R`` and ``d_phi = d_phi_direction / R``
 at any eta (the 1/cosh(eta) of the longer flight path cancels the cosh(eta) of d eta / d theta).
 
 Longitudinally (:class:`DepthStack`), a path crosses the presampler material, EMB1, EMB2, EMB3
-and TileBar0, with depths in X0 for the EM part and interaction lengths for all of it.
+and TileBar0 (and TileBar1, TileBar2 when simulated), with depths in X0 for the EM part and
+interaction lengths for all of it.
 
 A window is a block of ``n_eta x n_phi`` cells of one layer, given by its first global cell
 index per candidate; :class:`Window` turns deposits into cell energies with one ``np.bincount``.
@@ -29,6 +30,10 @@ import numpy as np
 LAYER_NAMES = ("EMB1", "EMB2", "EMB3", "TileBar0")
 #: The layers of the EM calorimeter (the cluster energy sums these).
 EM_LAYERS = ("EMB1", "EMB2", "EMB3")
+#: The three Tile barrel layers, in depth order (a calorimeter simulates the first one to three).
+TILE_LAYERS = ("TileBar0", "TileBar1", "TileBar2")
+#: All six barrel layers, in depth order (the pion sample's).
+BARREL_LAYERS = (*EM_LAYERS, *TILE_LAYERS)
 
 
 def wrap_phi(phi: np.ndarray) -> np.ndarray:
@@ -70,6 +75,8 @@ GRIDS: dict[str, LayerGrid] = {
     "EMB2": LayerGrid("EMB2", 0.025, 256),
     "EMB3": LayerGrid("EMB3", 0.05, 256),
     "TileBar0": LayerGrid("TileBar0", 0.1, 64),
+    "TileBar1": LayerGrid("TileBar1", 0.1, 64),
+    "TileBar2": LayerGrid("TileBar2", 0.2, 64),
 }
 
 
@@ -206,12 +213,20 @@ class DepthStack:
         depths_x0: (EMB1, EMB2, EMB3) depths.
         lambda_per_x0: interaction lengths per radiation length of the EM calorimeter.
         tile_depth_lambda: TileBar0 depth.
+        deeper_tile_lambda: depths of the Tile layers behind TileBar0 (TileBar1, TileBar2), if
+            simulated; empty for the four-layer calorimeter.
     """
 
     presampler_x0: float
     depths_x0: tuple[float, float, float]
     lambda_per_x0: float
     tile_depth_lambda: float
+    deeper_tile_lambda: tuple[float, ...] = ()
+
+    @property
+    def n_layers(self) -> int:
+        """Simulated layers: three EM and one to three Tile layers."""
+        return 4 + len(self.deeper_tile_lambda)
 
     @property
     def edges_x0(self) -> np.ndarray:
@@ -220,21 +235,21 @@ class DepthStack:
 
     @property
     def edges_lambda(self) -> np.ndarray:
-        """Back edges of presampler, EMB1, EMB2, EMB3, TileBar0 in interaction lengths."""
+        """Back edges of presampler, EMB1, EMB2, EMB3 and the Tile layers in interaction lengths."""
         em = self.edges_x0 * self.lambda_per_x0
-        return np.append(em, em[-1] + self.tile_depth_lambda)
+        return np.append(em, em[-1] + np.cumsum([self.tile_depth_lambda, *self.deeper_tile_lambda]))
 
     def layer_of_x0(self, depth_x0: np.ndarray) -> np.ndarray:
         """Layer of EM depths: -1 presampler (lost), 0-2 EMB1-3, 3 beyond EMB3 (to TileBar0)."""
         return np.searchsorted(self.edges_x0, depth_x0, side="right").astype(np.int8) - 1
 
     def layer_of_lambda(self, depth_lambda: np.ndarray) -> np.ndarray:
-        """Layer of hadronic depths: -1 presampler, 0-2 EMB1-3, 3 TileBar0, 4 beyond (lost)."""
+        """Layer of hadronic depths: -1 presampler, 0-2 EMB1-3, 3.. the Tile layers, n_layers beyond (lost)."""
         return np.searchsorted(self.edges_lambda, depth_lambda, side="right").astype(np.int8) - 1
 
     def path_before(self, stop_lambda: np.ndarray) -> np.ndarray:
-        """(P, 4) fraction of EMB1, EMB2, EMB3, TileBar0 crossed before depth ``stop_lambda``."""
+        """(P, n_layers) fraction of EMB1, EMB2, EMB3 and each Tile layer crossed before ``stop_lambda``."""
         edges = self.edges_lambda
-        front, back = edges[:-1], edges[1:]  # the four layers' front and back edges
+        front, back = edges[:-1], edges[1:]  # the layers' front and back edges
         crossed = np.clip(np.asarray(stop_lambda)[:, None] - front, 0.0, None)
         return np.minimum(crossed, back - front) / (back - front)
