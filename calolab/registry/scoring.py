@@ -15,6 +15,7 @@ gates the inputs the task's ONNX graph takes: the test events, or the task's own
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +81,9 @@ def score_task(task, test: FrozenTestSet, what: str, evaluation=None) -> Scores:
     frozen = getattr(evaluation, "frozen_metrics", None)
     if frozen is not None:  # the evaluation computes its metrics from the task itself (a generator)
         try:
-            metrics = frozen(task, test.inputs, test.input_names, test.label)
+            takes_aux = "aux" in inspect.signature(frozen).parameters  # a regression's truth is an aux variable
+            extra = {"aux": test.aux} if takes_aux else {}
+            metrics = frozen(task, test.inputs, test.input_names, test.label, **extra)
         except CalolabError as err:
             raise CalolabError(
                 f"{what} could not be evaluated on the test split (digest {test.digest}): {err}"
