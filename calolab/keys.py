@@ -108,3 +108,14 @@ LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT_NAME}"
 #: prefix of the promotion lock's tags on a registered model (one per waiting promotion, through
 #: a tracking server; calolab.registry.lock)
 PROMOTION_LOCK_TAG_PREFIX = "calolab.lock."
+
+# -- adversarially decorrelated taggers (issue 14) ----------------------------------------------
+#: the adversary's weighted mean negative log-likelihood of its target on background events
+TRAIN_ADV_LOSS = "train/adv_loss"
+VAL_ADV_LOSS = "val/adv_loss"
+#: 1/JSD of the background's decorrelation variable passing vs failing the 50% signal-efficiency
+#: cut (calolab.evaluation.decorrelation; ``inv_jsd<eff>`` for another configured efficiency), per
+#: epoch on the validation split and for the evaluated model on the test split
+VAL_INV_JSD50 = "val/inv_jsd50"
+TEST_INV_JSD50 = "test/inv_jsd50"
+VAL_REJ50 = "val/rej50"
