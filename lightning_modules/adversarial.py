@@ -323,7 +323,7 @@ class AdversarialClassifier(BinaryClassifier):
         if self.phase() != "adversary":
             self.log(keys.TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True)
         if self.phase() != "classifier":
-            self.log("train/adv_loss", self.train_adv_loss, on_step=False, on_epoch=True)
+            self.log(keys.TRAIN_ADV_LOSS, self.train_adv_loss, on_step=False, on_epoch=True)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -352,7 +352,7 @@ class AdversarialClassifier(BinaryClassifier):
             return
         score = torch.sigmoid(self.net(*inputs))
         self.val_adv_loss.update(self.adversary_loss(score, label, weight, aux), weight[label == 0].sum())
-        self.log("val/adv_loss", self.val_adv_loss, on_step=False, on_epoch=True)
+        self.log(keys.VAL_ADV_LOSS, self.val_adv_loss, on_step=False, on_epoch=True)
         self.val_decorrelation.update(score, label, weight, aux[self.spec.variable])
 
     def on_validation_epoch_end(self) -> None:
