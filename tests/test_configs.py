@@ -70,7 +70,7 @@ def test_every_train_option_composes(group, tmp_path):
 def test_every_sample_option_instantiates(option, tmp_path):
     cfg = compose_config("generate", [f"sample={option}", f"out={tmp_path}/x"])
     sample = instantiate(OmegaConf.to_container(cfg.sample, resolve=True))
-    assert sample.tree in ("photons", "jets", "particles")
+    assert sample.tree in ("photons", "jets", "particles", "pions")
     for path, node in targets(OmegaConf.to_container(cfg.sample)):
         check_keys_match_constructor(path, node)
 
