@@ -109,6 +109,17 @@ LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT_NAME}"
 #: a tracking server; calolab.registry.lock)
 PROMOTION_LOCK_TAG_PREFIX = "calolab.lock."
 
+# -- cluster calibration (regression, issue 16) ---------------------------------------------------
+#: the regressor's figures of merit on E_pred / E_true: the relative resolution IQR/2 / median over
+#: all events (lower is better; checkpoints, sweeps and the registry policy conf/registry/regression.yaml
+#: follow it) and the median response
+VAL_RESOLUTION = "val/resolution"
+TEST_RESOLUTION = "test/resolution"
+VAL_RESPONSE = "val/response"
+TEST_RESPONSE = "test/response"
+#: printed at the end of a regression's training (the classifiers' headline metrics are absent there)
+HEADLINE_METRICS += (TEST_RESOLUTION, TEST_RESPONSE)
+
 # -- adversarially decorrelated taggers (issue 14) ----------------------------------------------
 #: the adversary's weighted mean negative log-likelihood of its target on background events
 TRAIN_ADV_LOSS = "train/adv_loss"

@@ -15,3 +15,8 @@ from lightning_modules.nets.maxout import MaxOutNet
 from lightning_modules.nets.photon_cnn import PhotonCNN
 
 __all__ = ["ClassAdversary", "LayerCNN", "MaxOutNet", "MixtureDensityAdversary", "PhotonCNN"]
+
+# issue 16: the pi0 / pi+- and cluster-calibration nets on EM-scale cluster images
+from lightning_modules.nets.pion import PionNet  # noqa: E402
+
+__all__ += ["PionNet"]

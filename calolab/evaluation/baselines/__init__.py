@@ -7,7 +7,10 @@ Every baseline follows :class:`Baseline` (``name``, ``label``, ``variables``, ``
 - :class:`BDT`: gradient-boosted trees on any aux variables; :class:`ShowerShapeBDT` is its
   photon configuration on the shower shapes;
 - :class:`Variable`: one observable as the discriminant (tau21, constituent multiplicity, width);
-- :class:`MassWindowCut`: a jet-mass window and a tau21 cut (the cut-based W tagger).
+- :class:`MassWindowCut`: a jet-mass window and a tau21 cut (the cut-based W tagger);
+- :class:`ProjectiveLikelihood`: an EM-probability-like likelihood on cluster moments (pi0 / pi+-);
+- :class:`EMScaleEnergy`, :class:`LocalHadronicWeighting`: energy baselines of cluster calibration
+  (not classifiers: :class:`~calolab.evaluation.regression.RegressionEvaluation` uses them).
 """
 
 from calolab.evaluation.baselines._base import DIRECTIONS, SHOWER_SHAPES, Baseline
@@ -28,3 +31,9 @@ __all__ = [
     "ShowerShapeBDT",
     "Variable",
 ]
+
+# issue 16: the pi0 / pi+- EM probability and the cluster-calibration energy baselines
+from calolab.evaluation.baselines._energy import EMScaleEnergy, EnergyBaseline, LocalHadronicWeighting  # noqa: E402
+from calolab.evaluation.baselines._likelihood import ProjectiveLikelihood  # noqa: E402
+
+__all__ += ["EMScaleEnergy", "EnergyBaseline", "LocalHadronicWeighting", "ProjectiveLikelihood"]
