@@ -191,8 +191,9 @@ def run_trial(train, cfg: DictConfig) -> Any:
     CalolabError becomes :class:`TrialFailed`, so that the sweep records the trial FAIL and goes on.
     A trial stopped by a signal is FAIL and queued again (:func:`fail_and_retry`); the signal's
     :class:`Preempted` stops the worker."""
-    handle = attach_trial(cfg)
+    handle = None
     try:
+        handle = attach_trial(cfg)
         result = train(cfg, hooks=handle)
     except CalolabError as err:
         reason = f"{type(err).__name__}: {err}"
