@@ -21,6 +21,9 @@ METRICS = ("test/auc", "test/rej50", "test/rej80")
 #: a generator's metric (conf/registry/generator.yaml): the Frechet distance of mass, pT and tau21
 #: between generated and simulated test images, averaged over classes; lower is better
 GENERATOR_METRICS = ("test/fpd",)
+#: an energy regression's metric (conf/registry/regression.yaml): the relative resolution IQR/2 / median
+#: of E_pred / E_true on the test split (RegressionEvaluation.frozen_metrics); lower is better
+REGRESSION_METRICS = ("test/resolution",)
 MODES = ("max", "min")
 
 
@@ -108,7 +111,7 @@ class GatePolicy:
 
     Args:
         metric: the metric the candidate must improve (one of :data:`METRICS`, or of
-            :data:`GENERATOR_METRICS` for generators).
+            :data:`GENERATOR_METRICS` for generators, :data:`REGRESSION_METRICS` for regressions).
         mode: ``max`` when higher is better, ``min`` when lower is better.
         min_improvement: the candidate must beat the champion by at least this much.
         min_improvement_sigma: None, or also by more than this many standard deviations of the
@@ -133,8 +136,8 @@ class GatePolicy:
     lock_timeout_s: float
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS + GENERATOR_METRICS:
-            known = METRICS + GENERATOR_METRICS
+        if self.metric not in METRICS + GENERATOR_METRICS + REGRESSION_METRICS:
+            known = METRICS + GENERATOR_METRICS + REGRESSION_METRICS
             raise ConfigError(
                 f"registry.metric must be one of {', '.join(known)}, but got metric={self.metric!r}"
                 f"{suggest(str(self.metric), known)}"
