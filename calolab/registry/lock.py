@@ -180,7 +180,8 @@ class _Contender:
                 log.warning("could not remove the promotion lock tag %s of %r: %s", self.key, self.model, err)
 
 
-def _ensure_model(client, model_name: str, model_tags: dict | None) -> None:
+def ensure_registered_model(client, model_name: str, model_tags: dict | None = None) -> None:
+    """Create registered model ``model_name`` (with ``model_tags`` and calolab's description) if missing."""
     from mlflow.exceptions import MlflowException
 
     from calolab.registry.registration import DESCRIPTION, registered_model
@@ -202,12 +203,12 @@ def _contenders(client, model_name: str, me: str) -> dict[str, str]:
 
 
 @contextmanager
-def _registry_lock(uri: str, timeout_s: float, model_name: str, model_tags: dict | None) -> Iterator[None]:
+def _registry_lock(uri: str, timeout_s: float, model_name: str) -> Iterator[None]:
     """Lamport's bakery over the registered model's tags (see the module docstring)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    _ensure_model(client, model_name, model_tags)
+    ensure_registered_model(client, model_name)
     me = _Contender(client, model_name)
     seen: dict[str, tuple[str, float]] = {}  # tag -> (value, when it was first seen with that value)
 
@@ -252,11 +253,8 @@ def _registry_lock(uri: str, timeout_s: float, model_name: str, model_tags: dict
 
 
 @contextmanager
-def promotion_lock(uri: str, model_name: str, timeout_s: float, model_tags: dict | None = None) -> Iterator[str]:
-    """Hold the promotion lock of ``model_name`` in the store at ``uri``; yields the lock kind.
-
-    ``model_tags``: the tags a registered model created for the lock (a tracking server's) gets.
-    """
+def promotion_lock(uri: str, model_name: str, timeout_s: float) -> Iterator[str]:
+    """Hold the promotion lock of ``model_name`` in the store at ``uri``; yields the lock kind."""
     kind = lock_kind(uri)
     if kind == FILE:
         with _file_lock(lock_file(uri, model_name), timeout_s, model_name):
@@ -265,7 +263,7 @@ def promotion_lock(uri: str, model_name: str, timeout_s: float, model_tags: dict
         with _advisory_lock(uri, timeout_s, model_name):
             yield kind
     elif kind == REGISTRY:
-        with _registry_lock(uri, timeout_s, model_name, model_tags):
+        with _registry_lock(uri, timeout_s, model_name):
             yield kind
     else:
         log.warning(

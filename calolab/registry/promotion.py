@@ -18,7 +18,7 @@ from pathlib import Path
 from calolab.registry import gates as G
 from calolab.registry.decision import Decision, Rollback, apply_decision, rollback
 from calolab.registry.errors import RegistryError
-from calolab.registry.lock import promotion_lock
+from calolab.registry.lock import REGISTRY, ensure_registered_model, lock_kind, promotion_lock
 from calolab.registry.policy import GatePolicy
 from calolab.registry.registration import CHAMPION, TAG, aliases, find_or_register, registered_model
 from calolab.registry.scoring import FrozenTestSet, Scores, frozen_test_set, parity_arrays, score_task
@@ -167,8 +167,9 @@ def promote(
         if seen is not None and seen[1].run_id != candidate.run_id:
             champion = _score_champion(store, seen[0], seen[1], test)
 
-        lock_tags = {"calolab.experiment": candidate.experiment}
-        with promotion_lock(store.uri, name, policy.lock_timeout_s, model_tags=lock_tags) as lock:
+        if lock_kind(store.uri) == REGISTRY:  # that lock lives in the model's tags: the model must exist
+            ensure_registered_model(client, name, {"calolab.experiment": candidate.experiment})
+        with promotion_lock(store.uri, name, policy.lock_timeout_s) as lock:
             version, created = find_or_register(client, name, candidate, onnx_path)
             before = aliases(client, name)
             current = before.get(CHAMPION)
