@@ -13,7 +13,10 @@ training split:
   no callbacks or checkpoints, no validation) fitting ``BinaryClassifier`` on the datamodule's
   own train loader, with ``logger=False``;
 - **platform, tracking on**: the same through ``calolab.pipeline.train.build_trainer`` inside a
-  ``TrackedRun``: Lightning's ``MLFlowLogger`` into a temporary SQLite store.
+  ``TrackedRun``: Lightning's ``MLFlowLogger`` into a temporary SQLite store, and, as in every
+  ``calolab train``, the resumable checkpoint (``calolab.callbacks.RunCheckpoint``: the full
+  training state saved and logged to the run as ``checkpoints/last.ckpt`` at every epoch end).
+  Its own cost is printed too (seconds per epoch and share of the epoch, file size).
 
 Every epoch is timed from its start to the next one's (so a logger's epoch-end writes count);
 the first epoch of each fit is warm-up. The three loops run interleaved ``--repeat`` times and
@@ -29,6 +32,7 @@ printed for information) and tracking overhead (1 - on/off) <= 3%. Exits 1 when 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import statistics
@@ -51,6 +55,7 @@ from ingest import make_sample  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from calolab.app import compose_config  # noqa: E402
+from calolab.callbacks import RunCheckpoint  # noqa: E402
 from calolab.pipeline.train import build_data, build_task, build_trainer  # noqa: E402
 from calolab.tracking import TrackedRun, TrackingStore  # noqa: E402
 
@@ -60,6 +65,8 @@ SEED = 12345
 #: the platform/hand-written target is for batches large enough not to measure per-step overhead alone
 RATIO_MIN_BATCH = 256
 HAND, OFF, ON = LOOPS = ("hand-written PyTorch", "platform, tracking off", "platform, tracking on")
+#: per fit with tracking on: (seconds spent saving and logging the epoch checkpoints, epochs, wall seconds, bytes)
+CHECKPOINTS: list[tuple[float, int, float, int]] = []
 
 
 class EpochTimer(pl.Callback):
@@ -142,9 +149,15 @@ def platform(cfg: DictConfig, dm, store: TrackingStore | None, workdir: Path) ->
         trainer.fit(model, datamodule=dm)
     else:
         with TrackedRun(store, "bench-train-cpu", run_name="train_cpu") as run:
-            trainer = build_trainer(cfg, store, run.run_id, workdir)
+            saver = RunCheckpoint(store.uri, run.run_id, workdir / "last")
+            on = copy.deepcopy(cfg)
+            on.trainer.enable_checkpointing = True  # the resumable checkpoint of every calolab train
+            trainer = build_trainer(on, store, run.run_id, workdir, extra_callbacks=[saver])
             trainer.callbacks.append(timer)
+            t0 = time.perf_counter()
             trainer.fit(model, datamodule=dm)
+            size = (workdir / "last" / "last.ckpt").stat().st_size
+            CHECKPOINTS.append((saver.seconds, len(timer.starts), time.perf_counter() - t0, size))
     if timer.threads != torch.get_num_threads():
         raise RuntimeError(f"the trainer changed torch's threads from {torch.get_num_threads()} to {timer.threads}")
     return timer.rates()
@@ -195,6 +208,13 @@ def report(rates: dict[str, list[float]], batch_size: int) -> bool:
     print(
         f"tracking overhead 1 - on/off: {100 * overhead:.1f} % (medians: {100 * (1 - median[ON] / median[OFF]):.1f} %)"
     )
+    if CHECKPOINTS:
+        per_epoch = statistics.median(s / n for s, n, _, _ in CHECKPOINTS)
+        share = statistics.median(s / wall for s, _, wall, _ in CHECKPOINTS)
+        print(
+            f"  of which the epoch checkpoint (save + log checkpoints/last.ckpt, {CHECKPOINTS[0][3] / 1e6:.1f} MB): "
+            f"{1000 * per_epoch:.0f} ms per epoch, {100 * share:.1f} % of the fit (medians)"
+        )
     ok_ratio, ok_overhead = ratio >= TARGET_RATIO, overhead <= MAX_OVERHEAD
     if batch_size >= RATIO_MIN_BATCH:
         print(f"{'PASS' if ok_ratio else 'FAIL'}: platform / hand-written = {ratio:.3f} (target >= {TARGET_RATIO})")

@@ -187,7 +187,9 @@ def _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment) -> d
         if plan is not None:
             ckpt_path = download_checkpoints(store.client(), plan.run_id, workdir, workdir / "checkpoints")
         saver = RunCheckpoint(store.uri if main else None, run.run_id, workdir / "last")
-        callbacks = [*hooks.callbacks, ShareRunId(run), saver]
+        callbacks = [*hooks.callbacks, ShareRunId(run)]
+        if cfg.trainer.get("enable_checkpointing", True) is not False:  # else the user wants no checkpoint at all
+            callbacks.append(saver)
         steps = plan.steps if plan is not None else None
         trainer = build_trainer(cfg, store, run.run_id, workdir, extra_callbacks=callbacks, logged_steps=steps)
         try:
