@@ -14,7 +14,7 @@ passing/failing distributions of each lambda next to lambda = 0
 ``bench/results/physics_adversarial_<preset>.txt``.
 
     .venv/bin/python bench/physics_adversarial.py [--preset adversarial_mass] [--events 100000]
-        [--lambdas 0 10 100 1000] [--epochs 20] [--replicas 1000] [--seed 12345] [--gen-seed 12345]
+        [--lambdas 0 1 10 100] [--epochs 20] [--replicas 1000] [--seed 12345] [--gen-seed 12345]
         [--data-dir data/bench] [--threads N] [--set key=value ...]
 
 ``--events`` is the generated sample size (half W, half QCD; per pileup condition for
@@ -101,7 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="adversarial_mass", choices=PRESETS)
     parser.add_argument("--events", type=int, default=100_000, help="generated jets (half per class)")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 10.0, 100.0, 1000.0])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--replicas", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=12345, help="training seed and bootstrap seed")
