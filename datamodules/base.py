@@ -41,13 +41,21 @@ from datamodules.cache import (
 from datamodules.loader import BatchLoader
 from datamodules.preprocessing import (
     SPLITS,
+    TEST,
     TRAIN,
     Reweighting,
     assign_splits,
     check_split,
     event_weights,
 )
-from datamodules.reading import TreeReader, check_selection, expand_files, file_identity, read_ahead
+from datamodules.reading import (
+    TreeReader,
+    check_selection,
+    evaluate_selection,
+    expand_files,
+    file_identity,
+    read_ahead,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,8 @@ DEVICE_RESIDENT = ("auto", "always", "never")
 #: "auto" moves the arrays to the accelerator when they take less than this share of its free memory
 RESIDENT_FRACTION = 0.5
 
+#: the split code of events that ``train_selection`` keeps out of train and val (in no split)
+DROPPED = len(SPLITS)
 #: (split code, kind, name) -> the split's array file being filled in pass 2
 Outputs = dict[tuple[int, str, str], ArrayFile]
 
@@ -90,6 +100,10 @@ class CachedImageDataModule(pl.LightningDataModule):
         label: the 0/1 (background/signal) branch.
         weight: optional per-event weight branch, multiplied into the event weights.
         selection: optional uproot expression selecting events.
+        train_selection: optional expression (the same grammar) over ``aux`` branches that the
+            training and validation events must also pass; the test split keeps every selected
+            event, so that a model trained on a clean subset (``~is_unhealthy``) is evaluated on
+            the same mixture as one trained on everything.
         aux: per-event values kept for evaluation (``arrays(split).aux``): branches, or the
             names of :attr:`derived_aux` that the subclass computes; the event number is
             always kept, as ``aux["event_number"]``.
@@ -135,6 +149,7 @@ class CachedImageDataModule(pl.LightningDataModule):
         drop_last: bool,
         num_workers: int,
         seed: int,
+        train_selection: str | None = None,
     ):
         super().__init__()
         if isinstance(files, str | os.PathLike):
@@ -146,6 +161,7 @@ class CachedImageDataModule(pl.LightningDataModule):
         self.label = check_name(label, "label")
         self.weight = None if weight is None else check_name(weight, "weight")
         self.selection = check_selection(selection)
+        self.train_selection = check_selection(train_selection, "train_selection")
         if isinstance(aux, str) or not isinstance(aux, Sequence):
             raise ConfigError(f"aux must be a list of branch names, but got {aux!r}")
         self.event_number = check_name(event_number, "event_number")
@@ -232,6 +248,7 @@ class CachedImageDataModule(pl.LightningDataModule):
             "label": self.label,
             "weight": self.weight,
             "selection": self.selection,
+            "train_selection": self.train_selection,
             "aux": sorted(self.aux),
             "event_number": self.event_number,
             "split": self.split,
@@ -276,6 +293,9 @@ class CachedImageDataModule(pl.LightningDataModule):
         reader = self._reader()
         scalars, counts = self._scan(reader, paths)
         codes = assign_splits(scalars[self.event_number], self.split, self.split_salt)
+        if self.train_selection:
+            kept = evaluate_selection(self.train_selection, scalars, "train_selection", self.branch_aux)
+            codes[(codes != TEST) & ~kept] = DROPPED  # in no split: not trained or validated on
         label = scalars[self.label].astype(np.float32)
         weight, ratio = event_weights(
             label,
@@ -387,11 +407,14 @@ class CachedImageDataModule(pl.LightningDataModule):
             if ratio is None
             else ratio.reshape([len(b) - 1 for b in self.reweighting.bins]).tolist(),
             "build_seconds": round(seconds, 3),
+            "train_selection_dropped": int((codes == DROPPED).sum()),
         }
 
     @staticmethod
     def _counts_text(meta: Mapping[str, Any]) -> str:
-        return ", ".join(f"{s} {meta['counts'][s]['events']}" for s in SPLITS)
+        text = ", ".join(f"{s} {meta['counts'][s]['events']}" for s in SPLITS)
+        dropped = meta.get("train_selection_dropped", 0)
+        return text + (f"; {dropped} kept out of train/val by train_selection" if dropped else "")
 
     # -- opening it ------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -436,6 +459,8 @@ class CachedImageDataModule(pl.LightningDataModule):
             "label": self.label,
             "weight": self.weight,
             "selection": self.selection,
+            "train_selection": self.train_selection,
+            "train_selection_dropped": meta.get("train_selection_dropped", 0),
             "aux": [*self.aux, "event_number"],
             "aux_dtypes": {k: str(v.dtype) for k, v in self._splits["train"].aux.items()},
             "event_number": self.event_number,

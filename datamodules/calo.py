@@ -62,6 +62,9 @@ class CaloDataModule(CachedImageDataModule):
         drop_last: drop the last incomplete training batch.
         num_workers: background threads assembling batches when they are not device-resident.
         seed: the training permutation of epoch ``e`` is seeded by ``seed + e``.
+        train_selection: optional expression over ``aux`` branches that training and
+            validation events must also pass (``~is_unhealthy``); the test split keeps every
+            selected event.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class CaloDataModule(CachedImageDataModule):
         drop_last: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        train_selection: str | None = None,
     ):
         super().__init__(
             files=files,
@@ -107,6 +111,7 @@ class CaloDataModule(CachedImageDataModule):
             drop_last=drop_last,
             num_workers=num_workers,
             seed=seed,
+            train_selection=train_selection,
         )
         self.specs = parse_inputs(inputs)
         self.normalisation = check_normalisation(normalisation)

@@ -202,26 +202,56 @@ def _uproot_errors(path: str, tree: str, doing: str) -> Iterator[None]:
         ) from err
 
 
-def check_selection(selection: str | None) -> str | None:
+def check_selection(selection: str | None, option: str = "selection") -> str | None:
     """Check that ``selection`` is an uproot (Python-syntax) expression; return it stripped.
 
     uproot evaluates selections with numpy, so ``and``/``or``/``not`` and C++'s ``&&``/``||``/``!``
     do not work on arrays; say so here rather than with numpy's "truth value is ambiguous".
+    ``option`` names the config key in messages.
     """
     if selection is None:
         return None
     if not isinstance(selection, str) or not selection.strip():
-        raise ConfigError(f"selection must be an uproot expression or null, but got {selection!r}")
+        raise ConfigError(f"{option} must be an uproot expression or null, but got {selection!r}")
     selection = selection.strip()
     hint = "combine conditions with &, | and ~ and parentheses, e.g. '(ph_pt > 25000) & ~is_unhealthy'"
     try:
         parsed = ast.parse(selection, mode="eval")
     except SyntaxError as err:
-        raise ConfigError(f"selection {selection!r} is not a valid uproot expression ({err.msg}); {hint}") from err
+        raise ConfigError(f"{option} {selection!r} is not a valid uproot expression ({err.msg}); {hint}") from err
     for node in ast.walk(parsed):
         if isinstance(node, ast.BoolOp) or (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)):
-            raise ConfigError(f"selection {selection!r} uses and/or/not, which do not work on arrays; {hint}")
+            raise ConfigError(f"{option} {selection!r} uses and/or/not, which do not work on arrays; {hint}")
     return selection
+
+
+#: functions a selection evaluated here may call (uproot's expressions allow numpy's as ``np.*``)
+_SELECTION_FUNCTIONS = {"abs": np.abs, "np": np}
+
+
+def evaluate_selection(
+    selection: str, values: dict[str, np.ndarray], option: str, available: Sequence[str]
+) -> np.ndarray:
+    """Evaluate a checked selection over per-event arrays already read; a boolean mask.
+
+    Every name it uses must be one of ``available`` (the data config's ``aux`` branches);
+    otherwise one error names the missing branch and what exists.
+    """
+    names = {n.id for n in ast.walk(ast.parse(selection, mode="eval")) if isinstance(n, ast.Name)}
+    missing = sorted(names - set(_SELECTION_FUNCTIONS) - set(available))
+    if missing:
+        raise ConfigError(
+            f"{option} {selection!r} uses {', '.join(missing)}, which is not among the aux branches read "
+            f"({', '.join(available) or 'none'}); add it to aux{suggest(missing[0], available)}"
+        )
+    scope = {**_SELECTION_FUNCTIONS, **{n: values[n] for n in names if n in values}}
+    mask = eval(compile(selection, option, "eval"), {"__builtins__": {}}, scope)  # noqa: S307 - checked expression
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (len(next(iter(values.values()))),):
+        raise ConfigError(
+            f"{option} {selection!r} must give one true/false per event, but gave {mask.dtype} {mask.shape}"
+        )
+    return mask
 
 
 def check_finite(values: np.ndarray, *, path: str, tree: str, branch: str) -> None:

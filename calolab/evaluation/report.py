@@ -32,6 +32,11 @@ definition), with its Poisson-bootstrap ``_err``; the first configured variable 
 headline ``test/inv_jsd50``. The figure ``decorrelation_<name>`` draws the passing and failing
 distributions. A variable that is constant in the test sample (one pileup condition) is skipped
 with its reason in ``tables["skipped"]``; one missing from the aux branches is a ConfigError.
+Subsets (config key ``subsets``: name -> ``{selection, label}``, a selection over aux branches such
+as ``~is_unhealthy``): the same test events split into categories, each with the net's
+``test/auc_<name>`` (and ``_err``), each scoring baseline's ``test/<b>_auc_<name>``, the counts
+``test/n_events_<name>`` and, with a working point, ``test/eff_at_<wp>_rej_<name>`` (the net at the
+working point's rejection in that subset); ``tables["subsets"]`` holds them as one table.
 """
 
 from __future__ import annotations
@@ -169,6 +174,42 @@ class Binning:
         }[self.bins](values)
 
 
+@dataclass(frozen=True)
+class Subset:
+    """A category of test events (``selection`` over aux branches) evaluated on its own."""
+
+    name: str
+    selection: str
+    label: str
+
+    @classmethod
+    def from_config(cls, name: str, cfg: Mapping[str, Any]) -> Subset:
+        from datamodules.reading import check_selection
+
+        if not isinstance(cfg, Mapping) or "selection" not in cfg:
+            raise ConfigError(
+                f"evaluation.subsets.{name} must be {{selection: <expression>, label: ...}}, but got {cfg!r}"
+            )
+        unknown = set(cfg) - {"selection", "label"}
+        if unknown:
+            raise ConfigError(f"evaluation.subsets.{name}: unknown keys {sorted(unknown)} (expected selection, label)")
+        selection = check_selection(cfg["selection"], f"evaluation.subsets.{name}.selection")
+        return cls(str(name), selection, str(cfg.get("label") or name))
+
+    @property
+    def variables(self) -> list[str]:
+        import ast
+
+        return sorted(
+            {n.id for n in ast.walk(ast.parse(self.selection, mode="eval")) if isinstance(n, ast.Name)} - {"abs", "np"}
+        )
+
+    def mask(self, aux: Mapping[str, np.ndarray]) -> np.ndarray:
+        from datamodules.reading import evaluate_selection
+
+        return evaluate_selection(self.selection, aux, f"evaluation.subsets.{self.name}.selection", sorted(aux))
+
+
 def _split(split: Mapping, name: str, variables: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """``(label, weight, aux)`` of a split dict; a missing weight means unit weights."""
     if not isinstance(split, Mapping) or "label" not in split:
@@ -285,6 +326,7 @@ class ClassifierEvaluation:
         bootstrap_replicas: int = 1000,
         bootstrap_seed: int = 0,
         decorrelation: Mapping[str, Mapping[str, Any] | None] | None = None,
+        subsets: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> None:
         self.baselines = [b for b in (baselines or ()) if b is not None]
         names = [b.name for b in self.baselines]
@@ -314,6 +356,9 @@ class ClassifierEvaluation:
         self.decorrelation = [
             DecorrelationSpec.from_config(k, v) for k, v in (decorrelation or {}).items() if v is not None
         ]
+        if subsets is not None and not isinstance(subsets, Mapping):
+            raise ConfigError(f"evaluation.subsets must map names to {{selection, label}}, but got {subsets!r}")
+        self.subsets = [Subset.from_config(k, v) for k, v in (subsets or {}).items() if v is not None]
 
     # -- the pipeline's entry point --------------------------------------------------------------
     def __call__(self, task, dm, out_dir: Path, title: str = "") -> tuple[EvaluationResult, np.ndarray]:
@@ -390,6 +435,7 @@ class ClassifierEvaluation:
         out_dir = Path(out_dir)
         read = [v for b in self.baselines for v in b.variables] + [b.variable for b in self.binned]
         read += [d.variable for d in self.decorrelation]
+        read += [v for sub in self.subsets for v in sub.variables]
         y_test, w_test, aux_test = _split(test, "test", read)
         y_train, w_train, aux_train = _split(train, "train", read)
         y, s, w = _event_arrays(y_test, score, w_test)
@@ -528,6 +574,7 @@ class ClassifierEvaluation:
         fig["score"] = plots.plot_score(out_dir / "score.png", y, s, w, title=title, class_names=self.class_names)
         tables["binned"] = self._binned(y, w, aux_test, working_points, fig, skipped, out_dir, title, n)
         tables["decorrelation"] = self._decorrelation(y, s, w, aux_test, m, fig, skipped, out_dir, title, n)
+        tables["subsets"] = self._subsets(y, s, w, aux_test, scores, passes.get(wp) if wp else None, wp, m)
         tables["correlation"] = {}
         for name, channel in _channels(inputs_for_maps or {}).items():
             if self.correlation_maps:
@@ -569,6 +616,34 @@ class ClassifierEvaluation:
             m[key], m[key + U.ERR] = m[keys.TEST_AUC] - m[f"test/{name}_auc"], err
             comparisons.append(U.Comparison("net", name, "AUC", m[key], err, n_sig_eff, n_bkg_eff))
         return comparisons
+
+    def _subsets(self, y, s, w, aux_test, scores, wp_pass, wp, m) -> dict[str, Any]:
+        """Per-subset metrics (see the module docstring) and their table."""
+        table = {}
+        for sub in self.subsets:
+            mask = sub.mask(aux_test)
+            ys, ss, ws = y[mask], s[mask], w[mask]
+            row: dict[str, Any] = {"label": sub.label, "selection": sub.selection, "n_events": int(mask.sum())}
+            m[f"test/n_events_{sub.name}"] = float(mask.sum())
+            if ys.all() or not ys.any():
+                row["skipped"] = "needs signal and background events in the subset"
+                table[sub.name] = row
+                continue
+            n_sig, n_bkg = U.effective_count(ws[ys]), U.effective_count(ws[~ys])
+            value = auc(ys, ss, ws)
+            m[f"test/auc_{sub.name}"], m[f"test/auc_{sub.name}{U.ERR}"] = value, U.hanley_mcneil(value, n_sig, n_bkg)
+            row["auc"], row["auc_err"] = value, m[f"test/auc_{sub.name}{U.ERR}"]
+            for name, bs in scores.items():
+                row[f"{name}_auc"] = m[f"test/{name}_auc_{sub.name}"] = auc(ys, bs[mask], ws)
+            if wp_pass is not None:
+                eb = _weighted_eff(wp_pass[mask], ~ys, ws)
+                rej = 1.0 / eb if eb > 0 else _max_rejection(ys, ws)
+                eff = efficiency_at_rejection(ys, ss, rej, ws)[0]
+                m.update(_efficiency(f"test/eff_at_{wp}_rej_{sub.name}", eff, n_sig))
+                row[f"{wp}_eff"] = _weighted_eff(wp_pass[mask], ys, ws)
+                row[f"eff_at_{wp}_rej"] = eff
+            table[sub.name] = row
+        return table
 
     def _baseline(self, name: str) -> Any:
         return next(b for b in self.baselines if b.name == name)
