@@ -316,7 +316,9 @@ class EMCalorimeter:
             fluctuations and noise; the EMB2 window is centred on the hottest measured cell;
             ``cl_eta``, ``cl_phi`` (3x3 EMB2 barycentre around the hottest cell, positive cells
             only), ``cl_e`` (MeV, sum of the EM windows), ``cl_et`` (= cl_e / cosh(cl_eta)),
-            all float32 (N,), and ``is_unhealthy`` bool (N,).
+            all float32 (N,), ``is_unhealthy`` bool (N,), and ``window_eta``, ``window_phi`` (N,)
+            float64: the EMB2 window's centre (phi + pi, unwrapped), on which every layer's window
+            is centred (``Window.centred_on``).
         """
         seed_eta, seed_phi, mu = self._candidates(seed_eta, seed_phi, mu)
         p = self._flatten(particles, len(seed_eta))
@@ -355,6 +357,8 @@ class EMCalorimeter:
         out = {f"cells_{k}": v.astype(np.float32) for k, v in cells.items()}
         out.update(self._cluster(cells, emb2))
         out["is_unhealthy"] = unhealthy
+        # the windows' centre, so that other deposits (overlaid pileup) can be placed in the same cells
+        out["window_eta"], out["window_phi"] = centre
         return out
 
     def _deposits(
