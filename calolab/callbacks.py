@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from calolab import keys
 from calolab.errors import ConfigError, suggest
@@ -118,15 +120,18 @@ class ModelCheckpoint(_AwaitsValidation, pl.callbacks.ModelCheckpoint):
 class RunCheckpoint(pl.callbacks.Checkpoint):
     """Logs the latest full training state to the run, so that an interrupted training can resume.
 
-    At every training epoch end (after the monitoring callbacks, as a Lightning ``Checkpoint``)
-    ``Trainer.save_checkpoint`` writes the model, every optimiser and scheduler (one or several:
-    any task, manual optimisation included), the loops' progress and the callbacks' state; the
-    main process logs it as ``checkpoints/last.ckpt`` (replacing the previous one: ``kill -9``
-    loses at most the epoch in flight), the best checkpoint of each ModelCheckpoint when it
-    changed, and the tags :data:`~calolab.keys.CHECKPOINT_EPOCHS_TAG`,
-    :data:`~calolab.keys.CHECKPOINT_STEP_TAG` and the heartbeat. When Lightning stops the training
-    on a signal (``SIGTERMException`` at the next batch), the state at that batch is logged the
-    same way and :attr:`interrupted_at` says where.
+    At every training epoch end (after the monitoring callbacks, as a Lightning ``Checkpoint``) the
+    state ``Trainer.save_checkpoint`` would write (the model, every optimiser and scheduler: one or
+    several, any task, manual optimisation included; the loops' progress; the callbacks' state) is
+    taken and its tensors copied; a background thread then writes it and logs it as
+    ``checkpoints/last.ckpt`` (replacing the previous one: ``kill -9`` loses at most the epoch in
+    flight), with the best checkpoint of each ModelCheckpoint when it changed, and sets the tags
+    :data:`~calolab.keys.CHECKPOINT_EPOCHS_TAG`, :data:`~calolab.keys.CHECKPOINT_STEP_TAG` and the
+    heartbeat once the file is in the run. Training goes on meanwhile (the copy costs milliseconds,
+    writing and logging a photon CNN's 17 MB a few hundred; ``bench/train_cpu.py``); one upload runs
+    at a time, and training ends only once the last is done. When Lightning stops the training on a
+    signal (``SIGTERMException`` at the next batch), the state at that batch is written and logged
+    at once, and :attr:`interrupted_at` says where. Only the main process (global rank 0) writes.
 
     Args:
         store_uri: the run's tracking URI; None on the other DDP ranks (they write nothing).
@@ -137,20 +142,29 @@ class RunCheckpoint(pl.callbacks.Checkpoint):
     def __init__(self, store_uri: str | None, run_id: str | None, dirpath: str | Path):
         self.store_uri, self.run_id, self.dirpath = store_uri, run_id, Path(dirpath)
         self.interrupted_at: str | None = None
-        self.seconds = 0.0  # time spent saving and logging, for bench/train_cpu.py
+        self.seconds = 0.0  # time the training waited for checkpoints (bench/train_cpu.py)
         self._best_logged: dict[str, float] = {}
         self._client = None
+        self._upload: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             # this epoch is counted complete once the hooks return: the checkpoint resumes after it
-            self._save(trainer, epochs=trainer.current_epoch + 1)
+            self._save(trainer, epochs=trainer.current_epoch + 1, background=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.wait()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.wait()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
         if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
-            return  # a failure: the last epoch's checkpoint stays the one to resume from
+            self.wait(check=False)  # a failure: the last epoch's checkpoint stays the one to resume from
+            return
         epochs = trainer.fit_loop.epoch_progress.current.completed
         # numbered from 1 as the epoch log lines are (calolab.progress); the count of complete epochs
         # is the CHECKPOINT_EPOCHS_TAG
@@ -159,32 +173,62 @@ class RunCheckpoint(pl.callbacks.Checkpoint):
             f"epoch {trainer.current_epoch + 1}{of}, step {trainer.global_step} ({epochs} epoch(s) complete)"
         )
         try:
-            self._save(trainer, epochs=epochs)
+            self._save(trainer, epochs=epochs, background=False)
         except Exception as err:  # never mask the interruption; the last epoch's checkpoint stays
             log.warning(f"the checkpoint at the interruption was not logged: {type(err).__name__}: {err}")
 
-    def _save(self, trainer: pl.Trainer, epochs: int) -> None:
-        if trainer.fast_dev_run:
-            return
-        start = time.perf_counter()
-        path = self.dirpath / keys.LAST_CHECKPOINT_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(path, weights_only=False)  # every rank: a distributed strategy may gather the state
-        if trainer.is_global_zero and self.store_uri and self.run_id:
-            from mlflow.entities import RunTag
-            from mlflow.tracking import MlflowClient
+    def wait(self, check: bool = True) -> None:
+        """Wait for the upload in flight; a failed one is a warning (``check``): the training goes on,
+        and the next epoch's checkpoint is tried."""
+        if self._upload is not None:
+            self._upload.join()
+            self._upload = None
+        error, self._error = self._error, None
+        if error is not None and check:
+            log.warning(f"a checkpoint was not logged to run {self.run_id}: {type(error).__name__}: {error}")
 
+    def _save(self, trainer: pl.Trainer, epochs: int, background: bool) -> None:
+        if trainer.fast_dev_run or not trainer.is_global_zero or not (self.store_uri and self.run_id):
+            return  # DDP: the other ranks hold the same state (Trainer.save_checkpoint writes rank 0's alone)
+        start = time.perf_counter()
+        self.wait()  # one upload at a time: the previous epoch's is in the run before this one starts
+        # the state Trainer.save_checkpoint writes (its own first step), taken now
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        best = [p for cb in trainer.checkpoint_callbacks if (p := getattr(cb, "best_model_path", ""))]
+        job = (checkpoint, epochs, trainer.global_step, best, trainer.strategy.checkpoint_io)
+        if background:
+            from lightning_utilities.core.apply_func import apply_to_collection
+
+            # copied, so that the next steps do not change what is being written
+            job = (apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone()), *job[1:])
+            self._upload = threading.Thread(target=self._write_and_log, args=job, name="calolab-checkpoint")
+            self._upload.start()
+        else:
+            self._write_and_log(*job)
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
+        self.seconds += time.perf_counter() - start
+
+    def _write_and_log(self, checkpoint: dict, epochs: int, step: int, best: list[str], checkpoint_io) -> None:
+        from mlflow.entities import RunTag
+        from mlflow.tracking import MlflowClient
+
+        try:
+            path = self.dirpath / keys.LAST_CHECKPOINT_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_io.save_checkpoint(checkpoint, path)
             self._client = self._client or MlflowClient(self.store_uri)
             self._client.log_artifact(self.run_id, str(path), keys.CHECKPOINT_DIR)
-            for cb in trainer.checkpoint_callbacks:
-                best = getattr(cb, "best_model_path", "")
-                if best and os.path.exists(best) and self._best_logged.get(best) != os.path.getmtime(best):
-                    self._client.log_artifact(self.run_id, best, keys.CHECKPOINT_DIR)
-                    self._best_logged[best] = os.path.getmtime(best)
+            for file in best:
+                if os.path.exists(file) and self._best_logged.get(file) != os.path.getmtime(file):
+                    self._best_logged[file] = os.path.getmtime(file)
+                    self._client.log_artifact(self.run_id, file, keys.CHECKPOINT_DIR)
             tags = {
                 keys.CHECKPOINT_EPOCHS_TAG: str(epochs),
-                keys.CHECKPOINT_STEP_TAG: str(trainer.global_step),
+                keys.CHECKPOINT_STEP_TAG: str(step),
                 keys.HEARTBEAT_TAG: f"{time.time():.0f}",
             }
             self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.seconds += time.perf_counter() - start
+        except Exception as err:  # reported in the training's thread by the next wait()
+            self._error = err
