@@ -8,6 +8,13 @@ cell lists with eta/phi indices), checks them for NaN/inf and normalises each ev
 per cluster or not at all) in place before they are appended to the cache. A batch is
 ``(inputs, label, weight)``: a tuple of (B, 1, H, W) float32 tensors in ``input_names``
 order, then (B,) float32 labels and weights.
+
+Denoising (``targets``: input name -> the branch of its clean image, e.g. ``cells_EMB2_nopu``):
+each clean image is cached beside its input as the input ``<name>__target``, scaled by its
+input's normalisation factor so both are in the same units; ``input_names`` then ends with the
+targets (in the inputs' order) and :attr:`CaloDataModule.targets` maps each input to its target
+name. A sample without the clean branches is refused before anything is read, naming the file
+and the branch.
 """
 
 from __future__ import annotations
@@ -18,13 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from calolab.errors import InputFileError
+from calolab.errors import ConfigError, InputFileError
 from datamodules.base import CachedImageDataModule
 from datamodules.cache import SplitArrays
 from datamodules.preprocessing import abs_sums, check_normalisation, scales
-from datamodules.reading import TreeReader, parse_inputs
+from datamodules.reading import InputSpec, TreeReader, parse_inputs
 
-__all__ = ["CaloDataModule", "SplitArrays"]
+__all__ = ["TARGET_SUFFIX", "CaloDataModule", "SplitArrays"]
+
+#: the cached clean image of input ``name`` (``targets``) is the input ``name + TARGET_SUFFIX``
+TARGET_SUFFIX = "__target"
 
 
 class CaloDataModule(CachedImageDataModule):
@@ -65,6 +75,9 @@ class CaloDataModule(CachedImageDataModule):
         train_selection: optional expression over ``aux`` branches that training and
             validation events must also pass (``~is_unhealthy``); the test split keeps every
             selected event.
+        targets: optional input name -> branch of its clean (pileup-free) image, of the input's
+            shape: cached as the input ``<name>__target`` with the input's normalisation factor
+            (denoising auto-encoders, ``conf/data/paed.yaml``).
     """
 
     def __init__(
@@ -91,6 +104,7 @@ class CaloDataModule(CachedImageDataModule):
         num_workers: int = 0,
         seed: int = 0,
         train_selection: str | None = None,
+        targets: Mapping[str, str] | None = None,
     ):
         super().__init__(
             files=files,
@@ -114,12 +128,56 @@ class CaloDataModule(CachedImageDataModule):
             train_selection=train_selection,
         )
         self.specs = parse_inputs(inputs)
+        self.targets: dict[str, str] = {}
+        self.target_branches: dict[str, str] = {}
+        if targets is not None:
+            if not isinstance(targets, Mapping) or not targets:
+                raise ConfigError(f"targets must map input names to clean-image branches, but got {targets!r}")
+            by_name = {s.name: s for s in self.specs}
+            for name, branch in targets.items():
+                if name not in by_name:
+                    raise ConfigError(f"targets[{name!r}] names no input; inputs: {list(by_name)}")
+                if not isinstance(branch, str) or not branch:
+                    raise ConfigError(f"targets[{name!r}] must be a branch name, but got {branch!r}")
+                if by_name[name].jagged:
+                    raise ConfigError(f"targets[{name!r}]: jagged inputs cannot have targets")
+            for spec in list(self.specs):
+                if spec.name in targets:
+                    target = spec.name + TARGET_SUFFIX
+                    self.specs.append(InputSpec(target, str(targets[spec.name]), spec.shape))
+                    self.targets[spec.name] = target
+                    self.target_branches[spec.name] = str(targets[spec.name])
         self.normalisation = check_normalisation(normalisation)
         self.input_names = [s.name for s in self.specs]
         self.input_shapes = {s.name: (1, *s.shape) for s in self.specs}
 
     def _data_config(self) -> dict[str, Any]:
-        return {"inputs": {s.name: s.as_config() for s in self.specs}, "normalisation": self.normalisation}
+        out = {"inputs": {s.name: s.as_config() for s in self.specs}, "normalisation": self.normalisation}
+        if self.targets:
+            out["targets"] = dict(self.target_branches)
+        return out
+
+    def _scan(self, reader: TreeReader, paths: list[str]):
+        """Pass 1; with ``targets``, first make sure every file has the clean branches."""
+        if self.targets:
+            import uproot
+
+            for path in paths:
+                try:
+                    with uproot.open(path) as f:
+                        have = set(f[self.tree].keys()) if self.tree in f else None
+                except (OSError, ValueError) as err:
+                    raise InputFileError(f"cannot read {path}: {err}") from err
+                if have is None:
+                    continue  # the scan names the missing tree
+                for name, branch in self.target_branches.items():
+                    if branch not in have:
+                        raise InputFileError(
+                            f"{path}:{self.tree} has no branch {branch!r} (the clean target of input {name!r}): "
+                            "this sample has no pileup-free twin: generate it with "
+                            "sample.pileup_overlay=true sample.pileup_paired=true"
+                        )
+        return super()._scan(reader, paths)
 
     def _reader(self) -> TreeReader:
         extra = [*self.branch_aux, *(self.reweighting.variables if self.reweighting else ())]
@@ -142,6 +200,7 @@ class CaloDataModule(CachedImageDataModule):
         """
         m = self._count(chunk)
         sums = {}
+        targets = set(self.targets.values())
         for spec in self.specs:
             s = abs_sums(chunk[spec.name])
             bad = ~np.isfinite(s)
@@ -151,13 +210,16 @@ class CaloDataModule(CachedImageDataModule):
                 )
             sums[spec.name] = s
         if self.normalisation != "none":
-            for name, f in scales(sums, self.normalisation).items():
+            factors = scales({k: v for k, v in sums.items() if k not in targets}, self.normalisation)
+            factors.update({target: factors[name] for name, target in self.targets.items()})  # the input's units
+            for name, f in factors.items():
                 np.multiply(chunk[name], f[:, None, None], out=chunk[name])  # in place: the chunk is ours
         images = {spec.name: chunk[spec.name] if order is None else chunk[spec.name][order] for spec in self.specs}
         return {name: image[:, None] for name, image in images.items()}, {}
 
     def _summary(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         return {
+            **({"targets": dict(self.target_branches)} if self.targets else {}),
             "inputs": {s.name: s.as_config() for s in self.specs},
             "normalisation": self.normalisation,
             "normalisation_scale": {

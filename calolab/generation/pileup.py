@@ -144,3 +144,84 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(start, start + length)`` for every (start, length) pair."""
     first = np.cumsum(lengths) - lengths
     return np.repeat(starts - first, lengths) + np.arange(lengths.sum())
+
+
+def draw_near(
+    pool: PileupPool,
+    eta: np.ndarray,
+    phi: np.ndarray,
+    mu: np.ndarray,
+    reach: tuple[float, float],
+    rng: np.random.Generator,
+    impact_phi=None,
+) -> tuple[ak.Array, np.ndarray]:
+    """Pileup particles that can reach each candidate's calorimeter windows.
+
+    Every candidate ``i`` receives Poisson(``mu[i]``) pool events drawn with replacement, each
+    rotated by its own random azimuth (as :meth:`PileupPool.overlay`); only their particles with
+    ``|eta - eta[i]| < reach[0]`` and ``|phi_at_calo - phi[i]| < reach[1]`` are returned, the
+    others cannot deposit in a window around the candidate. ``impact_phi(pt, phi, charge)``
+    gives the azimuth at the calorimeter (solenoid bending); None: the direction's own.
+
+    Returns:
+        (N lists of particle records with the pool's fields (``is_pileup`` True), (N,) int64
+        number of pileup interactions drawn per candidate).
+    """
+    eta, phi, mu = (np.asarray(a, np.float64) for a in (eta, phi, mu))
+    if not (np.all(np.isfinite(mu)) and np.all(mu >= 0.0)):
+        raise ConfigError(f"mu must be finite numbers >= 0, but got min(mu)={mu.min() if mu.size else None}")
+    n = len(eta)
+    n_pileup = rng.poisson(mu)  # (N,)
+    picks = rng.integers(0, pool.n_events, int(n_pileup.sum()))  # (K,)
+    rotation = rng.uniform(-np.pi, np.pi, picks.size)  # (K,)
+    sizes = pool._counts[picks]
+    index = ranges(pool._offsets[picks], sizes)  # (M,)
+    owner = np.repeat(np.repeat(np.arange(n), n_pileup), sizes)  # (M,) candidate of each particle
+    p_eta = pool._flat["eta"][index]
+    near = np.abs(p_eta - eta[owner]) < reach[0]
+    index, owner = index[near], owner[near]
+    p_phi = wrap_phi(pool._flat["phi"][index] + np.repeat(rotation, sizes)[near])
+    at_calo = p_phi if impact_phi is None else impact_phi(pool._flat["pt"][index], p_phi, pool._flat["charge"][index])
+    near = np.abs(wrap_phi(at_calo - phi[owner])) < reach[1]
+    index, owner, p_phi = index[near], owner[near], p_phi[near]
+    order = np.argsort(owner, kind="stable")
+    index, owner, p_phi = index[order], owner[order], p_phi[order]
+    columns = {name: values[index] for name, values in pool._flat.items()}
+    columns["phi"] = p_phi
+    counts = np.bincount(owner, minlength=n).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    record = ak.contents.RecordArray([ak.contents.NumpyArray(v) for v in columns.values()], list(columns))
+    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), record)), n_pileup.astype(np.int64)
+
+
+def deposit_in_windows(
+    calorimeter, particles: ak.Array, window_eta: np.ndarray, window_phi: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Deposit ``particles`` (N lists) in the calorimeter windows centred on (``window_eta``, ``window_phi``).
+
+    The particles go through the calorimeter's own response (showers, MIPs, bending, sampling
+    fluctuations in the EM layers) but get no noise: the result is the energy they add to the
+    cells of the windows :meth:`~calolab.generation.calorimeter.EMCalorimeter.simulate` returned
+    (its ``window_eta``/``window_phi``). Sampling fluctuations are Gamma-distributed with a common
+    scale, so fluctuating these deposits apart from the hard event's is the same in distribution
+    as fluctuating their sum. Cells no particle reaches stay exactly 0.
+
+    Returns:
+        ``cells_<layer>`` -> (N, n_eta, n_phi) float32 MeV for every layer of the calorimeter.
+    """
+    from calolab.generation.geometry import EM_LAYERS, GRIDS, Window
+    from calolab.generation.showers import sampling_fluctuations
+
+    n = len(window_eta)
+    centre_phi = wrap_phi(np.asarray(window_phi, np.float64) - np.pi)
+    p = calorimeter._flatten(particles, n)
+    event, eta, phi, energy, layer = calorimeter._deposits(p, np.asarray(window_eta, np.float64), centre_phi, rng)
+    out = {}
+    for i, name in enumerate(calorimeter.layers):
+        sel = layer == i
+        window = Window.centred_on(GRIDS[name], calorimeter.windows[name], window_eta, window_phi)
+        cells = window.deposit(event[sel], eta[sel], phi[sel], energy[sel])
+        if name in EM_LAYERS:
+            cells = sampling_fluctuations(cells, calorimeter.sampling_term, rng)
+        out[f"cells_{name}"] = np.asarray(cells, np.float32)
+    return out

@@ -20,3 +20,8 @@ __all__ = ["ClassAdversary", "LayerCNN", "MaxOutNet", "MixtureDensityAdversary",
 from lightning_modules.nets.pion import PionNet  # noqa: E402
 
 __all__ += ["PionNet"]
+
+# issue 16: the pileup-denoising auto-encoder (PAED)
+from lightning_modules.nets.autoencoder import DenoisingAutoEncoder  # noqa: E402
+
+__all__ += ["DenoisingAutoEncoder"]

@@ -7,6 +7,19 @@ a photon. Every final-state particle within ``cone`` of the candidate is deposit
 parametrised EM barrel (:class:`calolab.generation.calorimeter.EMCalorimeter`), and the
 standard shower shapes are computed from the cells by the same function the evaluation applies
 to any user's ntuple.
+
+Pileup: by default (and always at mu = 0) it is the calorimeter's extra Gaussian noise of width
+``pileup_noise_mev * sqrt(mu)`` per cell. With ``pileup_overlay: true`` it is real pileup
+energy instead: Poisson(mu) minimum-bias events of the generation's pool
+(:mod:`calolab.generation.pileup`), each rotated by a random azimuth, whose particles near the
+candidate go through the same calorimeter response and are added to the cells of the hard
+event's windows (which stay centred on the hard event; the Gaussian pileup noise is then off,
+electronic noise stays). ``pileup_paired: true`` also writes the hard event alone,
+``cells_<layer>_nopu`` and ``ph_pt_nopu``: the same event, the same random numbers, so the two
+differ only in the cells a pileup deposit reaches (what a pileup-denoising auto-encoder trains
+on). ``pileup_mu_spread: true`` draws each candidate's mu uniformly in [0, pileup.mu] (the
+``mu`` branch holds it; ``n_pileup`` the interactions drawn), so that one sample covers the mu
+range.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import numpy as np
 
 from calolab.errors import ConfigError, GenerationError
 from calolab.generation.geometry import wrap_phi
+from calolab.generation.pileup import deposit_in_windows, draw_near
 from calolab.generation.pythia import PythiaGenerator
 from calolab.generation.samples.base import (
     ChunkSeeds,
@@ -74,6 +88,11 @@ class PhotonSample(Sample):
         signal_fraction: fraction of signal events in the sample.
         batch_size: Pythia events generated per vectorised batch.
         ecm_gev: centre-of-mass energy.
+        pileup_overlay: overlay minimum-bias events (real pileup deposits) instead of the
+            Gaussian pileup noise (see the module docstring).
+        pileup_paired: with ``pileup_overlay``, also write the pileup-free twin of every event
+            (``cells_<layer>_nopu``, ``ph_pt_nopu``).
+        pileup_mu_spread: with ``pileup_overlay``, each candidate's mu uniform in [0, pileup.mu].
     """
 
     tree = "photons"
@@ -92,6 +111,9 @@ class PhotonSample(Sample):
         signal_fraction: float = 0.5,
         batch_size: int = 200,
         ecm_gev: float = 13000.0,
+        pileup_overlay: bool = False,
+        pileup_paired: bool = False,
+        pileup_mu_spread: bool = False,
     ):
         check_window("et_min_gev/et_max_gev", et_min_gev, et_max_gev)
         if not 0 < eta_max <= 1.4:
@@ -111,6 +133,30 @@ class PhotonSample(Sample):
         self.signal_fraction = check_fraction("signal_fraction", signal_fraction)
         self.batch_size = int(batch_size)
         self.ecm_gev = float(ecm_gev)
+        for name, value in (
+            ("pileup_overlay", pileup_overlay),
+            ("pileup_paired", pileup_paired),
+            ("pileup_mu_spread", pileup_mu_spread),
+        ):
+            if not isinstance(value, bool | np.bool_):
+                raise ConfigError(f"{name} must be true or false, but got {name}={value!r}")
+        if (pileup_paired or pileup_mu_spread) and not pileup_overlay:
+            what = "pileup_paired" if pileup_paired else "pileup_mu_spread"
+            raise ConfigError(
+                f"{what}=true needs pileup_overlay=true (real pileup deposits), but got pileup_overlay=false"
+            )
+        if pileup_overlay and getattr(calorimeter, "unhealthy_fraction", 0.0) > 0.0:
+            raise ConfigError(
+                "pileup_overlay=true needs calorimeter.unhealthy_fraction=0 (a dead cell would receive pileup energy), "
+                f"but got unhealthy_fraction={calorimeter.unhealthy_fraction}"
+            )
+        self.pileup_overlay = bool(pileup_overlay)
+        self.pileup_paired = bool(pileup_paired)
+        self.pileup_mu_spread = bool(pileup_mu_spread)
+
+    @property
+    def needs_pileup_pool(self) -> bool:  # the runner builds the minimum-bias pool for mu > 0
+        return self.pileup_overlay
 
     # -- truth seeds ------------------------------------------------------------------------
     def _seeded(self, pt, eta):
@@ -156,10 +202,35 @@ class PhotonSample(Sample):
         return out
 
     # -- candidates -------------------------------------------------------------------------
-    def _simulate(self, seeds, near, label: int, mu: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _simulate(
+        self, seeds, near, label: int, mu: float, rng: np.random.Generator, pool=None
+    ) -> dict[str, np.ndarray]:
         n = len(seeds["pt"])
-        cells = self.calorimeter.simulate(near, seeds["eta"], seeds["phi"], np.full(n, mu), rng)
-        layers = {k: v for k, v in cells.items() if k.startswith("cells_")}
+        mus = np.full(n, mu)
+        if not self.pileup_overlay:
+            cells = self.calorimeter.simulate(near, seeds["eta"], seeds["phi"], mus, rng)
+            layers = {k: v for k, v in cells.items() if k.startswith("cells_")}
+            extra = {}
+        else:
+            if self.pileup_mu_spread:
+                mus = rng.uniform(0.0, mu, n)
+            # the hard event with electronic noise only; pileup comes as deposits
+            cells = self.calorimeter.simulate(near, seeds["eta"], seeds["phi"], np.zeros(n), rng)
+            clean = {k: v for k, v in cells.items() if k.startswith("cells_")}
+            n_pileup = np.zeros(n, np.int64)
+            layers = clean
+            if pool is not None and mu > 0:
+                centre_phi = wrap_phi(cells["window_phi"] - np.pi)
+                cal = self.calorimeter
+                pileup, n_pileup = draw_near(
+                    pool, cells["window_eta"], centre_phi, mus, cal._reach, rng, cal.impact_phi
+                )
+                added = deposit_in_windows(cal, pileup, cells["window_eta"], cells["window_phi"], rng)
+                layers = {k: clean[k] + added[k] for k in clean}
+            extra = {"n_pileup": n_pileup.astype(np.int32)}
+            if self.pileup_paired:
+                extra["ph_pt_nopu"] = core_cluster_et(clean, cells["cl_eta"])
+                extra.update({f"{k}_nopu": np.asarray(v, np.float32) for k, v in clean.items()})
         out = {
             "ph_pt": core_cluster_et(layers, cells["cl_eta"]),
             "ph_eta": np.asarray(cells["cl_eta"], np.float32),
@@ -168,14 +239,15 @@ class PhotonSample(Sample):
             "truth_eta": seeds["eta"].astype(np.float32),
             "truth_label": np.full(n, label, np.int32),
             "truth_pdgid": seeds["pdgid"].astype(np.int32),
-            "mu": np.full(n, mu, np.float32),
+            "mu": mus.astype(np.float32),
             "mc_weight": seeds["weight"].astype(np.float32),
             "is_unhealthy": np.asarray(cells["is_unhealthy"], bool),
         }
         out.update({k: np.asarray(v, np.float32) for k, v in layers.items()})
+        out.update(extra)
         return out
 
-    def _collect(self, gen: PythiaGenerator, n_wanted: int, label: int, mu: float, rng, progress: Progress):
+    def _collect(self, gen: PythiaGenerator, n_wanted: int, label: int, mu: float, rng, progress: Progress, pool=None):
         """Generate, seed, simulate and select until ``n_wanted`` candidates are accepted."""
         parts, have = [], 0
         for _ in range(MAX_BATCHES):
@@ -189,7 +261,7 @@ class PhotonSample(Sample):
             sub = prt[idx]
             seeds = {k: v[idx] for k, v in seeds.items()} | {"weight": gen.last_weights[idx]}
             dr2 = (sub.eta - seeds["eta"]) ** 2 + wrap_phi(sub.phi - seeds["phi"]) ** 2
-            cand = self._simulate(seeds, sub[dr2 < self.cone**2], label, mu, rng)
+            cand = self._simulate(seeds, sub[dr2 < self.cone**2], label, mu, rng, pool)
             et = cand["ph_pt"] / MEV
             keep = np.flatnonzero((et >= self.et_min) & (et <= self.et_max) & (np.abs(cand["ph_eta"]) < self.eta_max))
             keep = keep[: n_wanted - have]
@@ -203,7 +275,7 @@ class PhotonSample(Sample):
                 f"{MAX_BATCHES} batches; is the E_T window [{self.et_min}, {self.et_max}] GeV reachable?"
             )
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        layers = {k: v for k, v in merged.items() if k.startswith("cells_")}
+        layers = {k: v for k, v in merged.items() if k.startswith("cells_") and not k.endswith("_nopu")}
         merged.update(
             {k: np.asarray(v, np.float32) for k, v in compute_shower_shapes(layers, merged["ph_eta"]).items()}
         )
@@ -218,5 +290,5 @@ class PhotonSample(Sample):
                 continue
             name = f"photons/{'signal' if label else 'background'}"
             gen = PythiaGenerator(settings, seeds.pythia(stream), self.ecm_gev, name=name)
-            parts.append(self._collect(gen, n, label, float(pileup.mu), rng, progress))
+            parts.append(self._collect(gen, n, label, float(pileup.mu), rng, progress, pileup.pool))
         return shuffle_together(rng, parts)
