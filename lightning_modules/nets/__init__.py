@@ -22,6 +22,6 @@ from lightning_modules.nets.pion import PionNet  # noqa: E402
 __all__ += ["PionNet"]
 
 # issue 16: the pileup-denoising auto-encoder (PAED)
-from lightning_modules.nets.autoencoder import DenoisingAutoEncoder  # noqa: E402
+from lightning_modules.nets.autoencoder import DenoisedLayerCNN, DenoisingAutoEncoder  # noqa: E402
 
-__all__ += ["DenoisingAutoEncoder"]
+__all__ += ["DenoisedLayerCNN", "DenoisingAutoEncoder"]

@@ -17,6 +17,7 @@ The data module's cached clean targets (inputs named ``<name>__target``,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -109,3 +110,112 @@ class DenoisingAutoEncoder(nn.Module):
 def layer_energy(image: Tensor) -> Tensor:
     """(B,) sum of a (B, 1, H, W) image's cells."""
     return torch.flatten(image, 1).sum(dim=1)
+
+
+def load_denoiser(run_id: str, tracking_uri: str | None, mlruns_dir: str | None) -> DenoisingAutoEncoder:
+    """The auto-encoder of a finished ``paed`` training (MLflow run ``run_id``), with its best weights, frozen.
+
+    The run's ``config.yaml`` gives the net's config and the input shapes (its ``data.inputs``);
+    the best checkpoint under ``checkpoints/`` gives the weights (the task's ``net.*``).
+
+    Raises:
+        ConfigError: the run does not exist, is not a denoiser training or has no checkpoint.
+    """
+    import tempfile
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from calolab.keys import LAST_CHECKPOINT_NAME
+    from calolab.tracking import TrackingStore
+
+    store = TrackingStore.resolve(tracking_uri, mlruns_dir)
+    client = store.client()
+    with tempfile.TemporaryDirectory(prefix="calolab-denoiser-") as tmp:
+        try:
+            run = client.get_run(run_id)
+            cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+            ckpt_dir = Path(client.download_artifacts(run_id, "checkpoints", tmp))
+        except Exception as err:  # MlflowException, OSError: the run or its artifacts are missing
+            raise ConfigError(
+                f"net.denoiser_run={run_id!r}: cannot read the run's config.yaml and checkpoints from {store.uri}: {err}"
+            ) from err
+        task = run.data.tags.get("calolab.task")
+        if task != "denoiser":
+            raise ConfigError(f"net.denoiser_run={run_id!r} is a {task!r} training, not a denoiser (experiment=paed)")
+        ckpts = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.name == LAST_CHECKPOINT_NAME, p.name))
+        if not ckpts:
+            raise ConfigError(f"net.denoiser_run={run_id!r} has no checkpoint under checkpoints/")
+        state = torch.load(str(ckpts[0]), map_location="cpu", weights_only=False)["state_dict"]
+    shapes = {name: (1, *spec["shape"]) for name, spec in OmegaConf.to_container(cfg.data.inputs).items()}
+    net = instantiate(cfg.net, input_shapes=shapes, _convert_="all")
+    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+class DenoisedLayerCNN(nn.Module):
+    """A classifier net on denoised images: a frozen PAED in front of a per-layer CNN, one graph.
+
+    The inputs are the raw (MeV) pileup images; the auto-encoder of ``denoiser_run`` (a ``paed``
+    training) denoises them, the images are normalised as the photon CNN's data (``cluster``: every
+    layer divided by the event's summed |E|; ``layer``; ``none``), and ``cnn`` (a
+    :class:`~lightning_modules.nets.LayerCNN` config) gives one logit per event. With
+    ``denoiser_run: null`` the same CNN sees the raw pileup images: the comparison of
+    ``photon_id_paed``. The frozen auto-encoder stays in eval mode and gets no gradients; its
+    weights are part of this net's state, so checkpoints and the ONNX export hold both.
+
+    Args:
+        input_shapes: input name -> (1, H, W), the data module's (raw MeV images).
+        cnn: keyword arguments of :class:`~lightning_modules.nets.LayerCNN` (without input_shapes).
+        denoiser_run: MLflow run id of a ``paed`` training, or None (raw images).
+        tracking_uri, mlruns_dir: where that run is (``tracking.uri``, ``paths.mlruns_dir``).
+        normalisation: ``cluster``, ``layer`` or ``none``, applied after denoising.
+    """
+
+    def __init__(
+        self,
+        input_shapes: Mapping[str, Sequence[int]],
+        cnn: Mapping,
+        denoiser_run: str | None = None,
+        tracking_uri: str | None = None,
+        mlruns_dir: str | None = None,
+        normalisation: str = "cluster",
+    ) -> None:
+        super().__init__()
+        from lightning_modules.nets.layer_cnn import LayerCNN
+
+        if normalisation not in ("cluster", "layer", "none"):
+            raise ConfigError(f"normalisation must be cluster, layer or none, but got {normalisation!r}")
+        self.input_names = list(input_shapes)
+        self.input_shapes = {k: tuple(v) for k, v in input_shapes.items()}
+        self.normalisation = normalisation
+        self.denoiser = None
+        if denoiser_run:
+            self.denoiser = load_denoiser(str(denoiser_run), tracking_uri, mlruns_dir)
+            if list(self.denoiser.input_names) != self.input_names:
+                raise ConfigError(
+                    f"the denoiser of run {denoiser_run} takes {self.denoiser.input_names}, but the data's inputs are {self.input_names}"
+                )
+        self.cnn = LayerCNN(input_shapes=self.input_shapes, **dict(cnn))
+
+    def train(self, mode: bool = True) -> DenoisedLayerCNN:
+        super().train(mode)
+        if self.denoiser is not None:
+            self.denoiser.eval()  # frozen
+        return self
+
+    def forward(self, *images: Tensor) -> Tensor:
+        if self.denoiser is not None:
+            images = self.denoiser(*images)
+        if self.normalisation != "none":
+            sums = [torch.flatten(x, 1).abs().sum(dim=1) for x in images]  # (B,) per layer
+            if self.normalisation == "cluster":
+                total = torch.stack(sums).sum(dim=0)
+                sums = [total] * len(images)
+            images = tuple(
+                x * torch.where(s > 0, 1.0 / s.clamp_min(1e-30), torch.zeros_like(s))[:, None, None, None]
+                for x, s in zip(images, sums, strict=True)
+            )
+        return self.cnn(*images)
