@@ -463,7 +463,11 @@ def test_selection_by_run_sweep_and_default(trained):
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "registry").glob("*.yaml")))
 def test_every_registry_option_builds_a_policy(option):
     p = GatePolicy.from_config(compose_config("promote", [f"registry={option}"]).registry)
-    assert p.metric == "test/auc" and p.mode == "max"
+    # classifiers decide on the AUC (higher is better); generators and regressions on a distance or a
+    # resolution (lower is better)
+    lower_is_better = {"generator": "test/fpd", "regression": "test/resolution"}
+    expected = (lower_is_better[option], "min") if option in lower_is_better else ("test/auc", "max")
+    assert (p.metric, p.mode) == expected
 
 
 @pytest.mark.parametrize(
