@@ -19,7 +19,9 @@ electronic noise stays). ``pileup_paired: true`` also writes the hard event alon
 differ only in the cells a pileup deposit reaches (what a pileup-denoising auto-encoder trains
 on). ``pileup_mu_spread: true`` draws each candidate's mu uniformly in [0, pileup.mu] (the
 ``mu`` branch holds it; ``n_pileup`` the interactions drawn), so that one sample covers the mu
-range.
+range. With the overlay the pileup draws come from their own random stream and candidates are
+selected on the hard event's cluster E_T: the same seed gives the same hard events, cell for
+cell, at every mu (at mu = 0, those of the default sample).
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ class PhotonSample(Sample):
 
     # -- candidates -------------------------------------------------------------------------
     def _simulate(
-        self, seeds, near, label: int, mu: float, rng: np.random.Generator, pool=None
+        self, seeds, near, label: int, mu: float, rng: np.random.Generator, pool=None, pileup_rng=None
     ) -> dict[str, np.ndarray]:
         n = len(seeds["pt"])
         mus = np.full(n, mu)
@@ -213,7 +215,7 @@ class PhotonSample(Sample):
             extra = {}
         else:
             if self.pileup_mu_spread:
-                mus = rng.uniform(0.0, mu, n)
+                mus = pileup_rng.uniform(0.0, mu, n)
             # the hard event with electronic noise only; pileup comes as deposits
             cells = self.calorimeter.simulate(near, seeds["eta"], seeds["phi"], np.zeros(n), rng)
             clean = {k: v for k, v in cells.items() if k.startswith("cells_")}
@@ -223,13 +225,12 @@ class PhotonSample(Sample):
                 centre_phi = wrap_phi(cells["window_phi"] - np.pi)
                 cal = self.calorimeter
                 pileup, n_pileup = draw_near(
-                    pool, cells["window_eta"], centre_phi, mus, cal._reach, rng, cal.impact_phi
+                    pool, cells["window_eta"], centre_phi, mus, cal._reach, pileup_rng, cal.impact_phi
                 )
-                added = deposit_in_windows(cal, pileup, cells["window_eta"], cells["window_phi"], rng)
+                added = deposit_in_windows(cal, pileup, cells["window_eta"], cells["window_phi"], pileup_rng)
                 layers = {k: clean[k] + added[k] for k in clean}
-            extra = {"n_pileup": n_pileup.astype(np.int32)}
+            extra = {"n_pileup": n_pileup.astype(np.int32), "ph_pt_nopu": core_cluster_et(clean, cells["cl_eta"])}
             if self.pileup_paired:
-                extra["ph_pt_nopu"] = core_cluster_et(clean, cells["cl_eta"])
                 extra.update({f"{k}_nopu": np.asarray(v, np.float32) for k, v in clean.items()})
         out = {
             "ph_pt": core_cluster_et(layers, cells["cl_eta"]),
@@ -247,7 +248,17 @@ class PhotonSample(Sample):
         out.update(extra)
         return out
 
-    def _collect(self, gen: PythiaGenerator, n_wanted: int, label: int, mu: float, rng, progress: Progress, pool=None):
+    def _collect(
+        self,
+        gen: PythiaGenerator,
+        n_wanted: int,
+        label: int,
+        mu: float,
+        rng,
+        progress: Progress,
+        pool=None,
+        pileup_rng=None,
+    ):
         """Generate, seed, simulate and select until ``n_wanted`` candidates are accepted."""
         parts, have = [], 0
         for _ in range(MAX_BATCHES):
@@ -261,8 +272,9 @@ class PhotonSample(Sample):
             sub = prt[idx]
             seeds = {k: v[idx] for k, v in seeds.items()} | {"weight": gen.last_weights[idx]}
             dr2 = (sub.eta - seeds["eta"]) ** 2 + wrap_phi(sub.phi - seeds["phi"]) ** 2
-            cand = self._simulate(seeds, sub[dr2 < self.cone**2], label, mu, rng, pool)
-            et = cand["ph_pt"] / MEV
+            cand = self._simulate(seeds, sub[dr2 < self.cone**2], label, mu, rng, pool, pileup_rng)
+            # with overlaid pileup: selected on the hard event, so every mu keeps the same events
+            et = cand["ph_pt_nopu" if self.pileup_overlay else "ph_pt"] / MEV
             keep = np.flatnonzero((et >= self.et_min) & (et <= self.et_max) & (np.abs(cand["ph_eta"]) < self.eta_max))
             keep = keep[: n_wanted - have]
             if len(keep):
@@ -275,6 +287,8 @@ class PhotonSample(Sample):
                 f"{MAX_BATCHES} batches; is the E_T window [{self.et_min}, {self.et_max}] GeV reachable?"
             )
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if self.pileup_overlay and not self.pileup_paired:
+            merged.pop("ph_pt_nopu")
         layers = {k: v for k, v in merged.items() if k.startswith("cells_") and not k.endswith("_nopu")}
         merged.update(
             {k: np.asarray(v, np.float32) for k, v in compute_shower_shapes(layers, merged["ph_eta"]).items()}
@@ -284,11 +298,12 @@ class PhotonSample(Sample):
     def generate(self, n_events: int, n_signal: int, seeds: ChunkSeeds, pileup: PileupSpec, progress: Progress):
         parts = []
         rng = seeds.rng(0)
+        pileup_rng = seeds.rng(3)  # overlaid pileup: its own stream, so the hard events do not depend on mu
         for label, settings, stream in ((1, self.signal_settings, 1), (0, self.background_settings, 2)):
             n = n_signal if label == 1 else n_events - n_signal
             if n <= 0:
                 continue
             name = f"photons/{'signal' if label else 'background'}"
             gen = PythiaGenerator(settings, seeds.pythia(stream), self.ecm_gev, name=name)
-            parts.append(self._collect(gen, n, label, float(pileup.mu), rng, progress, pileup.pool))
+            parts.append(self._collect(gen, n, label, float(pileup.mu), rng, progress, pileup.pool, pileup_rng))
         return shuffle_together(rng, parts)
