@@ -147,7 +147,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--workers", type=int, default=2, help="generator processes when the sample is missing")
-    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
+    parser.add_argument("--nets", nargs="*", default=list(NETS), choices=NETS, help="pion_id nets (none: skip pion_id)")
     parser.add_argument("--calib-net", default="pion_all_layers", choices=NETS)
     parser.add_argument("--skip-calibration", action="store_true")
     parser.add_argument("--data-dir", default=str(ROOT / "data" / "bench"))
@@ -155,7 +155,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    lines = pion_id(args)
+    lines = pion_id(args) if args.nets else []
     print("\n".join(lines), flush=True)
     if not args.skip_calibration:
         rows = calibration(args)
