@@ -22,7 +22,7 @@ from calolab.generation.runner import run_generation
 from calolab.pipeline.train import build_data, train
 
 LAYERS = ("EMB1", "EMB2", "EMB3", "TileBar0")
-EVENTS = 160
+EVENTS = 100
 MU = 100.0
 
 
