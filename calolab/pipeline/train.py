@@ -16,6 +16,11 @@ the cache, train their share of each epoch (epoch metrics are torchmetrics state
 ranks when logged), and, if they fail, end the run FAILED with their reason. A failure of the main
 process stops the ranks Lightning's launcher started, so that none is left waiting in a collective.
 
+A training can be stopped and resumed (issue 13): SIGTERM, SIGINT and SIGUSR1 stop it at the next
+batch with its state logged to the run (:mod:`calolab.pipeline.preemption`,
+:class:`calolab.callbacks.RunCheckpoint`, which also logs it at every epoch end), and
+``resume=<run_id>`` continues that run from it (:mod:`calolab.pipeline.resume`).
+
 Callers that need more from a training (a sweep trial: its own run class, a pruning callback,
 an objective) pass :class:`TrainingHooks`; the pipeline imports nothing from them.
 """
