@@ -42,7 +42,7 @@ def format_decision(decision, candidate) -> str:
         kept = f"v{d.aliases_after['champion']}" if "champion" in d.aliases_after else "none"
         lines.append(f"REFUSED: champion stays {kept} (aliases: {after})")
     lines += [f"  {line}" for line in d.comparisons]
-    lines.append(f"report: run {d.report_run_id} (promotion/report.md, promotion/roc_overlay.png)")
+    lines.append(f"report: run {d.report_run_id} (promotion/report.md and its figures)")
     return "\n".join(lines)
 
 

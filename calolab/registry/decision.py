@@ -1,7 +1,7 @@
 """The promotion decision: move the aliases only when every gate passed, and record it either way.
 
 :func:`apply_decision` runs inside the promotion lock. It re-reads the champion alias right
-before moving it (the optimistic check that is the only guard on a tracking server), sets
+before moving it (a last check inside the lock of :mod:`.lock`), sets
 ``previous-champion`` to the version it replaces before moving ``champion`` (so a crash in
 between leaves both aliases on the old champion, never none), and writes the decision onto the
 candidate version as tags: ``calolab.decision``, one ``calolab.gate.<name>`` per gate,
