@@ -47,6 +47,7 @@ from calolab.evaluation.decorrelation import (  # noqa: E402
     inverse_jsd,
     plot_pass_fail,
     plot_rejection_vs_inverse_jsd,
+    replica_spread,
 )
 from calolab.evaluation.metrics import auc, rejection_at_efficiency  # noqa: E402
 from calolab.pipeline.restore import restore_run  # noqa: E402
@@ -57,14 +58,8 @@ PRESETS = ("adversarial_mass", "adversarial_pileup")
 RESULTS = ROOT / "bench" / "results"
 
 
-def _spread(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
-
-
 def train_lambda(lam: float, args: argparse.Namespace, out: Path) -> dict:
     """Train at ``lam``; return the test split's labels, weights, scores and aux of the evaluated model."""
-    db = RESULTS / "mlflow.db"
     overrides = [
         f"experiment={args.preset}",
         f"model.lam={lam}",
@@ -75,19 +70,24 @@ def train_lambda(lam: float, args: argparse.Namespace, out: Path) -> dict:
         f"generate.workers={args.workers}",
         f"trainer.max_epochs={args.epochs}",
         f"seed={args.seed}",
-        f"tracking.uri=sqlite:///{db}",
+        f"tracking.uri=sqlite:///{RESULTS / 'mlflow.db'}",
         f"paths.data_dir={Path(args.data_dir).resolve()}",
         f"run_name=bench-{args.preset}-lam{lam:g}-{args.events}-seed{args.seed}",
         *args.set,
     ]
     t0 = time.perf_counter()
     result = train(compose_config("train", overrides))
-    seconds = time.perf_counter() - t0
-    restored = restore_run(result["run_id"], TrackingStore.resolve(f"sqlite:///{db}", str(RESULTS)))
+    return score_run(result["run_id"], time.perf_counter() - t0)
+
+
+def score_run(run_id: str, seconds: float) -> dict:
+    """Restore a finished run's evaluated classifier and score its test split."""
+    restored = restore_run(run_id, TrackingStore.resolve(f"sqlite:///{RESULTS / 'mlflow.db'}", str(RESULTS)))
     dm, task = restored.dm, restored.model.cpu().eval()
     test = dm.arrays("test")
     return {
-        "run_id": result["run_id"],
+        "lam": float(restored.cfg.model.lam),
+        "run_id": run_id,
         "seconds": seconds,
         "label": np.asarray(test.label),
         "weight": np.asarray(test.weight, dtype=np.float64),
@@ -113,6 +113,12 @@ def main() -> int:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a shared CPU)")
     parser.add_argument("--set", nargs="*", default=[], help="further overrides of every training")
+    parser.add_argument(
+        "--from-runs",
+        nargs="+",
+        default=None,
+        help="re-score these finished bench runs (one per lambda) instead of training",
+    )
     args = parser.parse_args()
     if 0.0 not in args.lambdas:
         parser.error("--lambdas must include 0 (the undecorrelated reference)")
@@ -127,7 +133,12 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(args.out or Path(args.data_dir) / f"wjets-{args.events}-seed{args.gen_seed}").resolve()
 
-    runs = {lam: train_lambda(lam, args, out) for lam in sorted(args.lambdas)}
+    if args.from_runs:
+        runs = dict(sorted((r["lam"], r) for r in (score_run(run_id, 0.0) for run_id in args.from_runs)))
+        if 0.0 not in runs:
+            parser.error("--from-runs must include a lambda = 0 run")
+    else:
+        runs = {lam: train_lambda(lam, args, out) for lam in sorted(args.lambdas)}
     ref = runs[0.0]
     y, w = ref["label"], ref["weight"]
     spec = ref["spec"]
@@ -144,7 +155,8 @@ def main() -> int:
         f"{args.preset}: wjets sample of {args.events} jets per condition (generator seed {args.gen_seed}, {out}), "
         f"test split {y.size} jets ({n_sig} W, {n_bkg} QCD), {args.epochs} epochs, training seed {args.seed}",
         f"  decorrelation variable {spec.variable} (x{spec.scale:g}), bins {spec.bins}, cut at eps_S = {spec.eff_sig:g}; "
-        f"uncertainties: std of {args.replicas} Poisson-bootstrap replicas (seed {args.seed})",
+        f"uncertainties from {args.replicas} Poisson-bootstrap replicas (seed {args.seed}): std for AUC and R50, half the "
+        f"central 68% interval for 1/JSD (heavy-tailed)",
         f"  overrides: {' '.join(args.set) or '-'}",
         f"  {'lambda':>8} {'AUC':>17} {'R50':>17} {'1/JSD':>17} {'R50/R50(0)':>11} {'1/JSD / (0)':>12}  run",
     ]
@@ -160,7 +172,7 @@ def main() -> int:
             "r50": r50,
             "r50_err": spread(reps[str(lam)]["rej50"]),
             "ij": ij,
-            "ij_err": _spread(ij_reps),
+            "ij_err": replica_spread(ij_reps),
         }
         points.append(
             {

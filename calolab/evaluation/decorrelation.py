@@ -188,6 +188,20 @@ def bootstrap_inverse_jsd(
     return np.concatenate(out)
 
 
+def replica_spread(replicas: np.ndarray) -> float:
+    """Half the central 68% interval of bootstrap replicas of 1/JSD (NaN replicas dropped).
+
+    1/JSD is heavy-tailed where the two shapes are nearly equal (a replica with JSD near 0 gives a
+    huge 1/JSD), so the standard deviation of the replicas says nothing there; the quantiles do.
+    """
+    finite = np.asarray(replicas, dtype=np.float64)
+    finite = finite[~np.isnan(finite)]
+    if finite.size < 2:
+        return float("nan")
+    lo, hi = np.quantile(finite, [0.16, 0.84])
+    return float(0.5 * (hi - lo))
+
+
 @dataclass(frozen=True)
 class DecorrelationSpec:
     """One variable a tagger's decorrelation is measured against (``evaluation.decorrelation.<name>``).

@@ -28,7 +28,7 @@ figure draws each curve's 68% bootstrap band.
 Decorrelation (config key ``decorrelation``: name -> :class:`~calolab.evaluation.decorrelation.DecorrelationSpec`):
 ``test/inv_jsd50_<name>`` = 1/JSD of the background's variable passing vs failing the net's cut at
 50% signal efficiency (:func:`~calolab.evaluation.decorrelation.inverse_jsd`, the registry gate's
-definition), with its Poisson-bootstrap ``_err``; the first configured variable is also the
+definition), with its Poisson-bootstrap ``_err`` (half the replicas' central 68% interval); the first configured variable is also the
 headline ``test/inv_jsd50``. The figure ``decorrelation_<name>`` draws the passing and failing
 distributions. A variable that is constant in the test sample (one pileup condition) is skipped
 with its reason in ``tables["skipped"]``; one missing from the aux branches is a ConfigError.
@@ -63,6 +63,7 @@ from calolab.evaluation.decorrelation import (
     bootstrap_inverse_jsd,
     inverse_jsd,
     plot_pass_fail,
+    replica_spread,
 )
 from calolab.evaluation.metrics import (
     _event_arrays,
@@ -667,8 +668,7 @@ class ClassifierEvaluation:
             reps = bootstrap_inverse_jsd(
                 y, s, w, values, spec.eff_sig, spec.bins, replicas=self.bootstrap_replicas, seed=self.bootstrap_seed
             )
-            finite = reps[np.isfinite(reps)]
-            err = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
+            err = replica_spread(reps)  # 1/JSD is heavy-tailed: half the 68% interval, not the std
             names = [f"{key}_{spec.name}"] + ([key] if i == 0 else [])
             for name in names:
                 m[name], m[name + U.ERR] = value, err
