@@ -122,6 +122,28 @@ class DenoisingEvaluation:
         result.figures["response"] = self._response(out_dir / "response.png", energies, title, n_test)
         return result, denoised
 
+    def frozen_metrics(self, task, inputs, input_names, label=None) -> dict[str, float]:
+        """The registry's cheap path on a frozen test set: ``test/mse_ratio`` and the per-layer MSEs.
+
+        ``inputs`` holds the test split's noisy images and their targets (``<name>__target``).
+        """
+        from datamodules.calo import TARGET_SUFFIX
+
+        layers = list(task.layer_names)
+        missing = [k + TARGET_SUFFIX for k in layers if k + TARGET_SUFFIX not in inputs]
+        if missing:
+            raise ConfigError(f"the frozen test set has no clean targets {missing}: not a denoising dataset")
+        out = task.predict({k: inputs[k] for k in layers}, layers, batch_size=self.batch_size)
+        metrics, total, total_raw = {}, 0.0, 0.0
+        for k in layers:
+            clean = np.asarray(inputs[k + TARGET_SUFFIX])
+            mse = float(((out[f"denoised_{k}"] - clean) ** 2).mean())
+            mse_raw = float(((np.asarray(inputs[k]) - clean) ** 2).mean())
+            metrics[f"test/mse_{k}"], metrics[f"test/mse_raw_{k}"] = mse, mse_raw
+            total, total_raw = total + mse, total_raw + mse_raw
+        metrics["test/mse_ratio"] = total / max(total_raw, 1e-30)
+        return metrics
+
     def _images(self, path: Path, layer: str, noisy, denoised, clean, title: str, n_test: int) -> Path:
         from calolab.evaluation.plots import _figure, _rlabel
 
