@@ -24,6 +24,9 @@ GENERATOR_METRICS = ("test/fpd",)
 #: an energy regression's metric (conf/registry/regression.yaml): the relative resolution IQR/2 / median
 #: of E_pred / E_true on the test split (RegressionEvaluation.frozen_metrics); lower is better
 REGRESSION_METRICS = ("test/resolution",)
+#: a pileup-denoising auto-encoder's metric (conf/registry/paed.yaml): the test MSE of the denoised
+#: images over that of the raw pileup images, against the pileup-free ones; lower is better
+DENOISER_METRICS = ("test/mse_ratio",)
 MODES = ("max", "min")
 
 
@@ -111,7 +114,8 @@ class GatePolicy:
 
     Args:
         metric: the metric the candidate must improve (one of :data:`METRICS`, or of
-            :data:`GENERATOR_METRICS` for generators, :data:`REGRESSION_METRICS` for regressions).
+            :data:`GENERATOR_METRICS` for generators, :data:`REGRESSION_METRICS` for regressions,
+            :data:`DENOISER_METRICS` for pileup-denoising auto-encoders).
         mode: ``max`` when higher is better, ``min`` when lower is better.
         min_improvement: the candidate must beat the champion by at least this much.
         min_improvement_sigma: None, or also by more than this many standard deviations of the
@@ -136,8 +140,8 @@ class GatePolicy:
     lock_timeout_s: float
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS + GENERATOR_METRICS + REGRESSION_METRICS:
-            known = METRICS + GENERATOR_METRICS + REGRESSION_METRICS
+        known = METRICS + GENERATOR_METRICS + REGRESSION_METRICS + DENOISER_METRICS
+        if self.metric not in known:
             raise ConfigError(
                 f"registry.metric must be one of {', '.join(known)}, but got metric={self.metric!r}"
                 f"{suggest(str(self.metric), known)}"

@@ -465,7 +465,7 @@ def test_every_registry_option_builds_a_policy(option):
     p = GatePolicy.from_config(compose_config("promote", [f"registry={option}"]).registry)
     # classifiers decide on the AUC (higher is better); generators and regressions on a distance or a
     # resolution (lower is better)
-    lower_is_better = {"generator": "test/fpd", "regression": "test/resolution"}
+    lower_is_better = {"generator": "test/fpd", "regression": "test/resolution", "paed": "test/mse_ratio"}
     expected = (lower_is_better[option], "min") if option in lower_is_better else ("test/auc", "max")
     assert (p.metric, p.mode) == expected
 
