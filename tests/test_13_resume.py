@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from calolab import keys
 from calolab.app import ROOT_DIR
 from calolab.tracking import TrackedRun, TrackingStore
-from tests.conftest import run_cli, smoke_args
+from tests.conftest import smoke_args
 
 pytestmark = pytest.mark.slow
 
@@ -56,29 +56,46 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _signal_after(
-    proc: subprocess.Popen, client: MlflowClient, sig: int, epochs: int, while_alive=None, timeout: float = 300
-) -> str:
-    """Send ``sig`` to ``proc`` once its run holds a checkpoint of ``epochs`` complete epochs (first
-    calling ``while_alive(run)``, when given, on the live run); the run id."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the training ended before it was signalled: {proc.stderr.read()[-3000:]}"
-        exp = client.get_experiment_by_name("photon_id")
-        runs = (
-            client.search_runs([exp.experiment_id], filter_string=f"tags.`{keys.PID_TAG}` = '{proc.pid}'")
-            if exp
-            else []
+class Watch:
+    """A training to signal once its run holds a checkpoint of ``epochs`` complete epochs."""
+
+    def __init__(self, proc: subprocess.Popen, sig: int | None, epochs: int = 0, seen=None):
+        self.proc, self.sig, self.epochs, self.seen = proc, sig, epochs, seen
+        self.run_id: str | None = None
+        self.signalled = sig is None
+
+    def poll(self, client: MlflowClient) -> None:
+        if self.signalled:
+            return
+        assert self.proc.poll() is None, (
+            f"the training ended before it was signalled: {self.proc.stderr.read()[-3000:]}"
         )
-        if runs and while_alive is not None:
-            while_alive(runs[0])
-            while_alive = None
-        if runs and int(runs[0].data.tags.get(keys.CHECKPOINT_EPOCHS_TAG, "0")) >= epochs:
-            proc.send_signal(sig)
-            return runs[0].info.run_id
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"no checkpoint of {epochs} epochs within {timeout} s")
+        if self.run_id is None:
+            exp = client.get_experiment_by_name("photon_id")
+            pid = f"tags.`{keys.PID_TAG}` = '{self.proc.pid}'"
+            runs = client.search_runs([exp.experiment_id], filter_string=pid) if exp else []
+            if not runs:
+                return
+            self.run_id = runs[0].info.run_id
+        run = client.get_run(self.run_id)
+        if self.seen is not None:
+            self.seen(run)
+            self.seen = None
+        if int(run.data.tags.get(keys.CHECKPOINT_EPOCHS_TAG, "0")) >= self.epochs:
+            self.proc.send_signal(self.sig)
+            self.signalled = True
+
+
+def _watch(client: MlflowClient, *watches: Watch, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(w.signalled for w in watches):
+        if time.monotonic() > deadline:
+            for w in watches:
+                w.proc.kill()
+            raise AssertionError(f"not every training reached its checkpoint within {timeout} s")
+        for w in watches:
+            w.poll(client)
+        time.sleep(0.3)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -104,13 +121,25 @@ def _assert_complete(client: MlflowClient, run_id: str) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[Path, MlflowClient]:
     db = tmp_path_factory.mktemp("resume") / "mlflow.db"
+    TrackingStore.resolve(f"sqlite:///{db}", db.parent).experiment_id("photon_id")  # one schema, made once
     return db, MlflowClient(tracking_uri=f"sqlite:///{db}")
 
 
 @pytest.fixture(scope="module")
-def sigterm_run(smoke_data, store):
-    """A 5-epoch training stopped by SIGTERM after its epoch-2 checkpoint: (run id, exit code,
-    stderr, the refusal to resume it while it ran)."""
+def slurm(tmp_path_factory) -> dict:
+    """A SLURM job's variables and a recording ``scontrol`` on PATH."""
+    root = tmp_path_factory.mktemp("slurm")
+    calls = root / "scontrol.calls"
+    (root / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (root / "scontrol").chmod(0o755)
+    job = str(uuid.uuid4().int % 10**7)
+    return {"job": job, "calls": calls, "env": {"SLURM_JOB_ID": job, "PATH": f"{root}{os.pathsep}{os.environ['PATH']}"}}
+
+
+@pytest.fixture(scope="module")
+def interrupted(smoke_data, store, slurm) -> dict:
+    """Two 5-epoch trainings side by side, each signalled after its epoch-2 checkpoint: SIGTERM
+    (checked not resumable while it trains) and SIGKILL (inside the SLURM job)."""
     from calolab.pipeline.resume import ResumeError, check_resumable
 
     db, client = store
@@ -121,45 +150,85 @@ def sigterm_run(smoke_data, store):
             check_resumable(client, run)
         refusals.append(str(refused.value))
 
-    proc = _start(_args(smoke_data, db), _env())
-    run_id = _signal_after(proc, client, signal.SIGTERM, epochs=2, while_alive=resume_while_alive)
-    code, err = _finish(proc)
-    return run_id, code, err, refusals[0]
+    term = Watch(_start(_args(smoke_data, db), _env()), signal.SIGTERM, 2, resume_while_alive)
+    deadline = time.monotonic() + 600
+    while term.run_id is None:  # its data cache is built before its run opens: the next training reuses it
+        assert time.monotonic() < deadline, "the first training opened no run within 600 s"
+        term.poll(client)
+        time.sleep(0.3)
+    kill = Watch(_start(_args(smoke_data, db, "tracking.log_models=false"), _env(**slurm["env"])), signal.SIGKILL, 2)
+    _watch(client, term, kill)
+    term_code, term_err = _finish(term.proc)
+    kill_code, _ = _finish(kill.proc)
+    return {"term": (term.run_id, term_code, term_err), "kill": (kill.run_id, kill_code), "refused": refusals[0]}
 
 
-def test_sigterm_ends_the_run_killed_with_its_checkpoint(sigterm_run, store):
-    run_id, code, err, refused = sigterm_run
+@pytest.fixture(scope="module")
+def resumed(interrupted, smoke_data, store, slurm) -> dict:
+    """Side by side: a resume of the SIGTERM run with a changed learning rate (refused) and one
+    without (finishes it); the requeued SLURM job (resumes the SIGKILL run by itself, SIGUSR1 an epoch
+    later); then the job's next restart (finishes it)."""
+    db, client = store
+    term_id, kill_id = interrupted["term"][0], interrupted["kill"][0]
+    uri = f"tracking.uri=sqlite:///{db}"
+    done = int(client.get_run(kill_id).data.tags[keys.CHECKPOINT_EPOCHS_TAG])
+    args = _args(smoke_data, db, "tracking.log_models=false")
+    requeued = Watch(_start(args, _env(**slurm["env"], SLURM_RESTART_COUNT="1")), signal.SIGUSR1, done + 1)
+    refused, resume = _start([f"resume={term_id}", uri, "model.optimizer.lr=0.01"], _env()), None
+    deadline = time.monotonic() + 600
+    while resume is None or not requeued.signalled:
+        assert time.monotonic() < deadline, "the resumes did not get going within 600 s"
+        requeued.poll(client)
+        if resume is None and refused.poll() is not None:  # the refused one is done with the run
+            resume = _start([f"resume={term_id}", uri], _env())
+        time.sleep(0.3)
+    out = {"refused": _finish(refused)}
+    out["requeued"] = (*_finish(requeued.proc), requeued)
+    restart = _start(args, _env(**slurm["env"], SLURM_RESTART_COUNT="2"))
+    out["resume"], out["restart"] = _finish(resume), _finish(restart)
+    return out
+
+
+def test_sigterm_ends_the_run_killed_with_its_checkpoint(interrupted, store):
+    run_id, code, err = interrupted["term"]
     _, client = store
-    assert refused.startswith(f"run {run_id} is still running: its process ")  # while it trained
+    assert interrupted["refused"].startswith(f"run {run_id} is still running: its process ")  # while it trained
     assert code == 128 + signal.SIGTERM, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("calolab train: stopped by SIGTERM at epoch ") and f"resume={run_id}" in last
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
-    interrupted = run.data.tags[keys.INTERRUPTED_TAG]
-    assert interrupted.startswith("SIGTERM at epoch ") and f"/{EPOCHS}, step " in interrupted
+    interrupted_at = run.data.tags[keys.INTERRUPTED_TAG]
+    assert interrupted_at.startswith("SIGTERM at epoch ") and f"/{EPOCHS}, step " in interrupted_at
     assert int(run.data.tags[keys.CHECKPOINT_EPOCHS_TAG]) >= 2
-    assert int(run.data.tags[keys.CHECKPOINT_STEP_TAG]) == int(interrupted.split("step ")[1].split()[0])
+    assert int(run.data.tags[keys.CHECKPOINT_STEP_TAG]) == int(interrupted_at.split("step ")[1].split()[0])
     assert keys.LAST_CHECKPOINT in {a.path for a in client.list_artifacts(run_id, keys.CHECKPOINT_DIR)}
 
 
-def test_resume_refuses_a_changed_learning_rate(sigterm_run, store):
-    run_id, *_ = sigterm_run
-    db, client = store
-    res = run_cli("train", f"resume={run_id}", f"tracking.uri=sqlite:///{db}", "model.optimizer.lr=0.01")
-    assert res.returncode != 0
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr[-3000:]
+def test_sigkill_leaves_the_run_running_with_its_last_epoch(interrupted, store, slurm):
+    run_id, code = interrupted["kill"]
+    _, client = store
+    assert code == -signal.SIGKILL
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags[keys.SLURM_JOB_TAG] == slurm["job"]
+    assert int(run.data.tags[keys.CHECKPOINT_EPOCHS_TAG]) >= 2
+
+
+def test_resume_refuses_a_changed_learning_rate(interrupted, resumed):
+    code, err = resumed["refused"]
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err[-3000:]
     assert "model.optimizer.lr" in lines[0] and "0.0001" in lines[0] and "0.01" in lines[0]
-    assert client.get_run(run_id).info.status == "KILLED"  # untouched
 
 
-def test_resume_finishes_the_same_run(sigterm_run, store):
-    run_id, *_ = sigterm_run
-    db, client = store
-    res = run_cli("train", f"resume={run_id}", f"tracking.uri=sqlite:///{db}")
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"({run_id})" in res.stdout
+def test_resume_finishes_the_same_run(interrupted, resumed, store):
+    from calolab.pipeline.resume import ResumeError, check_resumable
+
+    run_id = interrupted["term"][0]
+    _, client = store
+    code, err = resumed["resume"]
+    assert code == 0, err[-3000:]
     _assert_complete(client, run_id)
     run = client.get_run(run_id)
     assert run.data.tags[keys.RESUMES_TAG] == "1"
@@ -169,56 +238,24 @@ def test_resume_finishes_the_same_run(sigterm_run, store):
     }
     models = client.search_logged_models([run.info.experiment_id])
     assert {"pytorch", "onnx"} <= {m.name for m in models if m.source_run_id == run_id}
-    assert len(client.search_runs([run.info.experiment_id], filter_string=f"attributes.run_id = '{run_id}'")) == 1
-
-    # a finished run is not resumed again
-    from calolab.pipeline.resume import ResumeError, check_resumable
-
     with pytest.raises(ResumeError, match=f"run {run_id} is FINISHED: nothing to resume"):
-        check_resumable(client, run)
+        check_resumable(client, run)  # a finished run is not resumed again
 
 
-def test_sigkill_then_slurm_requeue_with_sigusr1(smoke_data, store, tmp_path):
-    db, client = store
-    job = str(uuid.uuid4().int % 10**7)
-    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    args = _args(smoke_data, db, "tracking.log_models=false")
-    slurm = {"SLURM_JOB_ID": job, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-
-    first = _start(args, _env(**slurm, SLURM_RESTART_COUNT="0"))
-    run_id = _signal_after(first, client, signal.SIGKILL, epochs=2)
-    assert _finish(first)[0] == -signal.SIGKILL
-    run = client.get_run(run_id)
-    assert run.info.status == "RUNNING" and run.data.tags[keys.SLURM_JOB_TAG] == job
-
-    # the requeued job resumes the run by itself, and is warned by SIGUSR1 an epoch later
-    second = _start(args, _env(**slurm, SLURM_RESTART_COUNT="1"))
-    done = int(run.data.tags[keys.CHECKPOINT_EPOCHS_TAG])
-    assert _signal_after(second, client, signal.SIGUSR1, epochs=done + 1) == run_id
-    code, err = _finish(second)
+def test_requeued_slurm_job_resumes_by_itself_and_sigusr1_requeues_it(interrupted, resumed, store, slurm):
+    run_id = interrupted["kill"][0]
+    _, client = store
+    code, err, requeued = resumed["requeued"]
+    assert requeued.run_id == run_id  # the same run, found by the job id
     assert code == 128 + signal.SIGUSR1, err[-3000:]
-    assert f"SLURM job {job} requeued" in err
-    assert calls.read_text().split() == ["requeue", job]
-    run = client.get_run(run_id)
-    assert run.info.status == "KILLED"
-    assert run.data.tags[keys.INTERRUPTED_TAG].startswith("SIGUSR1 at epoch ")
-    assert run.data.tags[keys.PID_TAG] == str(second.pid)
-
-    third = subprocess.run(
-        [str(Path(sys.executable).with_name("calolab")), "train", *args],
-        cwd=ROOT_DIR,
-        env=_env(**slurm, SLURM_RESTART_COUNT="2"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert f"({run_id})" in third.stdout
+    assert f"SLURM job {slurm['job']} requeued" in err
+    assert slurm["calls"].read_text().split() == ["requeue", slurm["job"]]
+    code, err = resumed["restart"]
+    assert code == 0, err[-3000:]
     _assert_complete(client, run_id)
-    assert client.get_run(run_id).data.tags[keys.RESUMES_TAG] == "2"
+    run = client.get_run(run_id)
+    assert run.data.tags[keys.RESUMES_TAG] == "2"
+    assert run.data.tags[keys.INTERRUPTED_TAG].startswith("SIGUSR1 at epoch ")
 
 
 def test_another_hosts_run_is_alive_while_its_heartbeat_is_fresh(store):

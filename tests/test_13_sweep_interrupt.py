@@ -1,7 +1,9 @@
 """Issue 13: a sweep worker stopped by SIGTERM in the middle of a trial (a batch system's time
 limit). The trial's training logs its checkpoint and ends its MLflow run KILLED, the Optuna trial is
-FAIL with the interruption as its reason and queued again with the same parameters, and the worker
-exits 143; the next worker on the study runs the retry to COMPLETE."""
+FAIL with the interruption as its reason and queued again with the same parameters (a WAITING trial
+with Optuna's retry attributes), and the worker exits 143. That the next worker runs such a queued
+retry to COMPLETE is tests/sweeps/test_killed_worker.py's check (the same retry callback); not
+repeated here to keep the suite's time."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def _worker(root: Path, data: Path, study: str, n_trials: int, epochs: int) -> s
     )
 
 
-def test_interrupted_trial_is_failed_retried_and_the_study_goes_on(smoke_data, tmp_path):
+def test_interrupted_trial_is_failed_and_queued_again(smoke_data, tmp_path):
     study_name = f"preempt-{uuid.uuid4().hex[:6]}"
     storage = str(tmp_path / "logs/train/sweeps" / study_name / "optuna.journal")
     doomed = _worker(tmp_path, smoke_data, study_name, n_trials=2, epochs=500)  # longer than the test waits
@@ -83,11 +85,3 @@ def test_interrupted_trial_is_failed_retried_and_the_study_goes_on(smoke_data, t
     assert killed.data.tags["optuna.state"] == "FAIL"
     assert killed.data.tags[keys.INTERRUPTED_TAG] in first.user_attrs["fail_reason"]
     assert keys.LAST_CHECKPOINT in {a.path for a in client.list_artifacts(killed.info.run_id, keys.CHECKPOINT_DIR)}
-
-    survivor = _worker(tmp_path, smoke_data, study_name, n_trials=1, epochs=1)
-    _, err = survivor.communicate(timeout=600)
-    assert survivor.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    first, retry = study.get_trials()
-    assert retry.state == TrialState.COMPLETE and retry.params == first.params
-    assert client.get_run(retry.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
