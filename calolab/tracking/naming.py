@@ -69,7 +69,9 @@ def run_name(
         overrides, first = task_overrides(), swept_keys()
     else:
         first = set()
-    summary = describe_overrides(overrides, first=first)
+    from calolab.secrets import mask  # a credential typed as an override never names a run
+
+    summary = describe_overrides([mask(o) for o in overrides], first=first)
     if summary:
         parts.append(summary)
     parts.append((now or datetime.now()).strftime("%Y%m%d-%H%M%S"))

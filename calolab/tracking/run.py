@@ -184,7 +184,7 @@ class TrackedRun:
         try:
             if ERROR_TAG not in self.store.client().get_run(self.run_id).data.tags:  # another rank failed first
                 mlflow.set_tag(ERROR_TAG, _reason(exc_type, exc))
-            mlflow.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "error.txt")
+            mlflow.log_text(_traceback(exc_type, exc, tb), "error.txt")
         except Exception:  # never mask the original error with a tracking error
             pass
         finally:
@@ -198,7 +198,7 @@ class TrackedRun:
             client = self.store.client()
             if ERROR_TAG not in client.get_run(self.run_id).data.tags:
                 client.set_tag(self.run_id, ERROR_TAG, f"{label}: {_reason(exc_type, exc)}"[:MAX_REASON])
-            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            text = _traceback(exc_type, exc, tb)
             client.log_text(self.run_id, text, f"error_{label.replace(' ', '_')}.txt")
             client.set_terminated(self.run_id, status)
         except Exception:  # never mask the original error with a tracking error
@@ -236,7 +236,7 @@ class TrackedRun:
                     client.delete_tag(self.run_id, REEVALUATION_ERROR_TAG)  # an older failure is stale now
             else:
                 client.set_tag(self.run_id, REEVALUATION_ERROR_TAG, _reason(exc_type, exc))
-                text = "".join(traceback.format_exception(exc_type, exc, tb))
+                text = _traceback(exc_type, exc, tb)
                 client.log_text(self.run_id, text, REEVALUATION_ERROR_ARTIFACT)
         except Exception:  # never mask the original error with a tracking error
             pass
@@ -280,6 +280,13 @@ def _end_status(exc_type) -> str:
     if lightning is not None and issubclass(exc_type, lightning.SIGTERMException):
         return "KILLED"
     return "FAILED"
+
+
+def _traceback(exc_type, exc, tb) -> str:
+    """The traceback as logged (``error.txt``): credentials in its messages masked."""
+    from calolab.secrets import mask
+
+    return mask("".join(traceback.format_exception(exc_type, exc, tb)))
 
 
 def _reason(exc_type, exc) -> str:
