@@ -184,6 +184,22 @@ def _as_factory(value: Any, what: str) -> Callable[..., Any]:
     return value
 
 
+def single_optimizer(parameters, optimizer_factory: Callable, scheduler_factory: Callable | None) -> Any:
+    """What ``configure_optimizers`` returns for a task with one optimiser (and an optional
+    scheduler stepped per epoch on ``val/loss``), shared by the classifier, regression and
+    denoising tasks."""
+    optimizer = optimizer_factory(parameters)
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(f"optimizer must build a torch.optim.Optimizer, but built {type(optimizer).__name__}")
+    if scheduler_factory is None:
+        return optimizer
+    scheduler = scheduler_factory(optimizer)
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "monitor": keys.VAL_LOSS, "interval": "epoch", "frequency": 1},
+    }
+
+
 class SignalProbability(nn.Module):
     """The classifier's inference module: per-layer inputs -> signal probability ``score`` (B,)."""
 
@@ -306,13 +322,4 @@ class BinaryClassifier(Task):
         return self.inference_module()(*inputs)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if not isinstance(optimizer, Optimizer):
-            raise ConfigError(f"optimizer must build a torch.optim.Optimizer, but built {type(optimizer).__name__}")
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": keys.VAL_LOSS, "interval": "epoch", "frequency": 1},
-        }
+        return single_optimizer(self.parameters(), self.optimizer_factory, self.scheduler_factory)

@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from calolab import keys
 from calolab.errors import ConfigError
-from lightning_modules.classifier import WeightedMean, _as_factory, factory_config
+from lightning_modules.classifier import WeightedMean, _as_factory, factory_config, single_optimizer
 from lightning_modules.task import Task
 
 
@@ -166,13 +166,4 @@ class DenoisingTask(Task):
         return self.net(*noisy)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if not isinstance(optimizer, Optimizer):
-            raise ConfigError(f"optimizer must build a torch.optim.Optimizer, but built {type(optimizer).__name__}")
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": keys.VAL_LOSS, "interval": "epoch", "frequency": 1},
-        }
+        return single_optimizer(self.parameters(), self.optimizer_factory, self.scheduler_factory)

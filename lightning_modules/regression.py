@@ -31,7 +31,7 @@ from torchmetrics import Metric
 
 from calolab import keys
 from calolab.errors import ConfigError
-from lightning_modules.classifier import WeightedMean, _as_factory, factory_config
+from lightning_modules.classifier import WeightedMean, _as_factory, factory_config, single_optimizer
 from lightning_modules.nets.pion import MIN_CLUSTER_MEV, cluster_energy
 from lightning_modules.task import Task
 
@@ -217,13 +217,4 @@ class EnergyRegressor(Task):
         return self.inference_module()(*inputs)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if not isinstance(optimizer, Optimizer):
-            raise ConfigError(f"optimizer must build a torch.optim.Optimizer, but built {type(optimizer).__name__}")
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": keys.VAL_LOSS, "interval": "epoch", "frequency": 1},
-        }
+        return single_optimizer(self.parameters(), self.optimizer_factory, self.scheduler_factory)

@@ -22,6 +22,17 @@ from calolab.ranks import RankWaitTimeout, global_rank, is_main_process, wait_fo
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
 
+@pytest.fixture(autouse=True)
+def lightning_rank_restored():
+    """A Trainer built here under a launcher's variables sets Lightning's process-wide rank (rank_zero_only.rank),
+    which would silence every later logger in this process (MLflow metrics of other tests): put it back."""
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    saved = getattr(rank_zero_only, "rank", 0)
+    yield
+    rank_zero_only.rank = saved
+
+
 @pytest.fixture
 def clean_env(monkeypatch):
     """No launcher's variables (the test process may run inside a SLURM job or torchrun)."""
