@@ -38,6 +38,7 @@ from urllib.parse import unquote
 from hydra.experimental.callback import Callback as _HydraCallback
 
 from calolab.errors import ConfigError
+from calolab.procs import pid_alive
 
 MASK = "***"
 #: environment variables whose values are secrets (MLflow's, libpq's)
@@ -314,7 +315,7 @@ def _new_passfile() -> Path:
     host = socket.gethostname().replace("-", "_")
     for old in folder.glob(f"{PASSFILE_PREFIX}{host}-*"):
         pid = old.name.split("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             old.unlink(missing_ok=True)
     path = folder / f"{PASSFILE_PREFIX}{host}-{os.getpid()}-{_random.token_hex(4)}"
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -325,16 +326,6 @@ def _new_passfile() -> Path:
 def _remove_passfile(path: Path, pid: int) -> None:
     if os.getpid() == pid:  # not in a forked child (a DataLoader worker) that inherited the hook
         path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- Hydra's own files --------------------------------------------------------------------------

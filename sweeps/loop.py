@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from calolab import keys
 from calolab.errors import ConfigError
+from calolab.procs import pid_alive
 from calolab.secrets import mask, stash
 from calolab.tracking import TrackingStore
 from calolab.tracking.hydra_job import multirun_tags
@@ -112,16 +113,6 @@ class SweepSettings:
             raise ConfigError(f"hydra.sweeper.timeout must be positive (or null), but got timeout={self.timeout}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
     """The storage's heartbeat interval (RDB storages, also behind Optuna's cache), else None."""
     return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
@@ -138,7 +129,7 @@ def _stale_trial_ids(study: optuna.Study) -> dict[int, str]:
     host, stale = socket.gethostname(), {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        if worker_host == host and pid.isdigit() and not pid_alive(int(pid)):
             stale[t._trial_id] = "its process is gone"
     return stale
 

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from calolab import keys
 from calolab.errors import CalolabError
 from calolab.pipeline.preemption import slurm_job_id
+from calolab.procs import pid_alive
 from calolab.tracking import RunNotFoundError, TrackingStore
 from calolab.tracking.params import to_plain
 
@@ -111,16 +112,6 @@ class Heartbeat:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def still_alive(run) -> str | None:
     """Why a RUNNING run's training is taken as alive (None: its process is gone)."""
     tags = run.data.tags
@@ -128,7 +119,7 @@ def still_alive(run) -> str | None:
     age = time.time() - float(beat) if beat and beat.replace(".", "", 1).isdigit() else None
     since = f"last heartbeat {age:.0f} s ago" if age is not None else "no heartbeat recorded"
     if host == socket.gethostname() and pid.isdigit():
-        if int(pid) != os.getpid() and _pid_alive(int(pid)):
+        if int(pid) != os.getpid() and pid_alive(int(pid)):
             return f"its process {pid} on {host} is alive ({since})"
         return None
     if age is not None and age < _seconds("CALOLAB_HEARTBEAT_STALE_S", STALE_S):
