@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard */__init__.py hydra_plugins/
 run: setup
 	$(BIN)/calolab train experiment=photon_id $(RUN_ARGS)
 
+# two pytest workers (CI and these machines have 2 cores; most of the suite waits on subprocesses,
+# process start-up and small trainings); `make test TEST_WORKERS=0` runs it in one process
+TEST_WORKERS ?= 2
+TEST_ARGS ?=
 test: setup
-	$(BIN)/python -m pytest -m "not gpu"
+	$(BIN)/python -m pytest -m "not gpu" -n $(TEST_WORKERS) --dist loadfile --durations=30 $(TEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -88,6 +88,16 @@ def single_run_argv(argv: list[str], task_overrides: list[str], hydra_overrides:
     return [*kept, *task_overrides, *searchpath]
 
 
+#: the multirun's own command line while one of its jobs runs (sys.argv is then the job's alone)
+_multirun_argv: list[str] | None = None
+
+
+def command_line() -> list[str]:
+    """The command line this process was started with: within a multirun job, the multirun's
+    (``-m`` and the swept values), not the job's own that :func:`multirun_job_as_single_run` sets."""
+    return list(_multirun_argv) if _multirun_argv is not None else list(sys.argv)
+
+
 @contextmanager
 def multirun_job_as_single_run() -> Iterator[None]:
     """Within one job of a Hydra multirun (a sweep trial too): DDP ranks re-run this job alone.
@@ -103,15 +113,17 @@ def multirun_job_as_single_run() -> Iterator[None]:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         yield
         return
+    global _multirun_argv
     hc = HydraConfig.get()
     saved_argv, saved_env = list(sys.argv), {k: os.environ.get(k) for k in _DDP_VARIABLES}
+    _multirun_argv = saved_argv
     sys.argv = single_run_argv(sys.argv, list(hc.overrides.task), list(hc.overrides.hydra))
     with _writable(hc.run):
         hc.run.dir = hc.runtime.output_dir
     try:
         yield
     finally:
-        sys.argv = saved_argv
+        sys.argv, _multirun_argv = saved_argv, None
         _end_process_group()
         for key, value in saved_env.items():
             if value is None:

@@ -25,12 +25,17 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE",
 @pytest.fixture(autouse=True)
 def lightning_rank_restored():
     """A Trainer built here under a launcher's variables sets Lightning's process-wide rank (rank_zero_only.rank),
-    which would silence every later logger in this process (MLflow metrics of other tests): put it back."""
+    which would silence every later logger in this process (MLflow metrics of other tests), and the
+    launcher's variables: put both back."""
     from lightning_utilities.core.rank_zero import rank_zero_only
 
-    saved = getattr(rank_zero_only, "rank", 0)
+    saved, env = getattr(rank_zero_only, "rank", 0), dict(os.environ)
     yield
     rank_zero_only.rank = saved
+    # Lightning's SLURMEnvironment exports MASTER_ADDR (the job's first node) into os.environ: a
+    # DDP training started later by this process would wait for that host forever
+    os.environ.clear()
+    os.environ.update(env)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 import string
-import sys
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
@@ -122,7 +121,9 @@ def swept_keys(argv: Sequence[str] | None = None) -> set[str]:
         hydra = current_hydra()
         if hydra is None or not is_multirun(hydra.get("mode")):
             return set()
-        argv = sys.argv[1:]
+        from calolab.app import command_line  # the multirun's, also while a job runs
+
+        argv = command_line()[1:]
     parser = OverridesParser.create()
     keys = set()
     for arg in argv:
