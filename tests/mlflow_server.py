@@ -70,9 +70,12 @@ class MlflowServer:
 def signed_in(server: MlflowServer, user: str | None, password: str | None = None) -> Iterator[None]:
     """This process's MLflow clients talk to ``server`` as ``user`` (MLflow's variables; they and
     MLflow's global tracking URI, which calolab's fluent calls set, are restored after)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    uri_before = tracking_utils._tracking_uri
+    uri_before, registry_before = tracking_utils._tracking_uri, registry_utils._registry_uri
+    # a global URI an earlier test in this process set (calolab's fluent calls do) would win over the variable
+    tracking_utils._tracking_uri = registry_utils._registry_uri = None
     keys = (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_TRACKING_USERNAME",
@@ -86,7 +89,7 @@ def signed_in(server: MlflowServer, user: str | None, password: str | None = Non
     try:
         yield
     finally:
-        tracking_utils._tracking_uri = uri_before
+        tracking_utils._tracking_uri, registry_utils._registry_uri = uri_before, registry_before
         for key, value in old.items():
             if value is None:
                 os.environ.pop(key, None)
