@@ -150,6 +150,16 @@ def _end_process_group() -> None:
         dist.destroy_process_group()
 
 
+def rename_args(args: list[str], aliases: dict[str, str]) -> list[str]:
+    """Command-line arguments with a command's short keys renamed before Hydra sees them
+    (``experiment=x`` -> ``experiment_name=x`` for ``calolab promote``); the rest unchanged."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        out.append(f"{aliases[key]}={value}" if sep and key in aliases else arg)
+    return out
+
+
 def report_errors(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn CalolabError (and KeyboardInterrupt) into one line and an exit code."""
 

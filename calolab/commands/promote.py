@@ -13,7 +13,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from calolab.app import hydra_app
+from calolab.app import hydra_app, rename_args
 
 #: command-line key -> config key, renamed before Hydra parses the overrides
 ARG_ALIASES = {"experiment": "experiment_name", "sweep": "study"}
@@ -21,11 +21,7 @@ ARG_ALIASES = {"experiment": "experiment_name", "sweep": "study"}
 
 def rename_aliases(args: list[str]) -> list[str]:
     """``experiment=x`` -> ``experiment_name=x`` and ``sweep=s`` -> ``study=s``; the rest unchanged."""
-    out = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        out.append(f"{ARG_ALIASES[key]}={value}" if sep and key in ARG_ALIASES else arg)
-    return out
+    return rename_args(args, ARG_ALIASES)
 
 
 def format_decision(decision, candidate) -> str:

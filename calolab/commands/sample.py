@@ -27,21 +27,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from calolab.app import hydra_app
+from calolab.app import hydra_app, rename_args
 from calolab.errors import CalolabError, ConfigError, InputFileError
 
 #: command-line key -> config key (``model`` is a config group of ``calolab train``)
 ARG_ALIASES = {"model": "registered_model"}
 #: the task kind an ONNX model must carry to be sampled from
 GENERATOR = "generator"
-
-
-def rename_aliases(args: list[str]) -> list[str]:
-    out = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        out.append(f"{ARG_ALIASES[key]}={value}" if sep and key in ARG_ALIASES else arg)
-    return out
 
 
 def _download(cfg: DictConfig, store, tmp: Path) -> tuple[Path, str]:
@@ -212,7 +204,7 @@ def _sample(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *rename_aliases(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *rename_args(sys.argv[1:], ARG_ALIASES)]
     _sample()
 
 
