@@ -182,6 +182,7 @@ def study_plots(study: optuna.Study, metrics: list[str], out: Path) -> list[Path
         )
     written = []
     for name, draw in plots.items():
+        open_before = set(plt.get_fignums())
         try:
             with warnings.catch_warnings():  # optuna's matplotlib backend is marked experimental
                 warnings.simplefilter("ignore")
@@ -190,8 +191,10 @@ def study_plots(study: optuna.Study, metrics: list[str], out: Path) -> list[Path
                 fig.set_size_inches(8, 5)
                 path = out / f"{name}.png"
                 fig.savefig(path, dpi=100, bbox_inches="tight")
-                plt.close(fig)
             written.append(path)
         except Exception as err:  # e.g. importances need two complete trials
             log.warning("sweep plot %s skipped: %s", name, err)
+        finally:  # optuna draws through pyplot: close every figure it opened, also when it failed half-way
+            for number in set(plt.get_fignums()) - open_before:
+                plt.close(number)
     return written

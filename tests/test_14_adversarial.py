@@ -374,4 +374,6 @@ def test_lambda_scan_report_marks_lambda_zero():
         warnings.simplefilter("ignore")
         ax = _mark_references(study, ovm.plot_pareto_front(study, target_names=["test/rej50", "test/inv_jsd50"]))
     assert any("no adversary" in t.get_text() for t in ax.get_legend().get_texts())
-    ax.figure.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)  # optuna draws through pyplot; a figure left open leaks into later tests of the worker
