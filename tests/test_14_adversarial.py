@@ -284,6 +284,8 @@ def test_preset_smoke_run(preset, samples, tmp_path):
     assert not decision.promoted
     gates = {g.name: g for g in decision.gates}
     assert gates["decorrelation"].status == "fail" and "1/JSD of background mu" in gates["decorrelation"].detail
+    # the gate measured what the evaluation logged: the run's test/inv_jsd50 on the same test events
+    assert f"(test/inv_jsd50_mu) = {m['test/inv_jsd50']:.4g} <" in gates["decorrelation"].detail
 
 
 # -- adversarial training decorrelates ---------------------------------------------------------

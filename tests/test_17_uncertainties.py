@@ -189,7 +189,7 @@ def gate_policy(**over) -> GatePolicy:
         "bootstrap_seed": 0,
         "parity": {"atol": None, "rtol": None, "events": 10},
         "latency": {"max_ms": None, "runs": 1, "warmup": 0, "threads": 1},
-        "decorrelation": {"min_inverse_jsd": None, "variable": "mu", "eff_sig": 0.5, "bins": 5},
+        "decorrelation": {"min_inverse_jsd": None, "variable": "mu"},
         "force_digest": False,
         "lock_timeout_s": 1,
     }

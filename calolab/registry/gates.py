@@ -13,7 +13,8 @@
   (:func:`calolab.export.check_parity`, onnxruntime at several batch sizes).
 - ``latency`` (optional): median onnxruntime CPU latency at batch 1 under a ceiling.
 - ``decorrelation`` (optional): 1/JSD of the background's ``variable`` distribution passing vs
-  failing the candidate's cut at ``eff_sig``, above a floor.
+  failing the candidate's cut, above a floor, measured with the run's evaluation's definition of
+  it (binning, scale, cut efficiency), i.e. the run's ``test/inv_jsd50_<name>`` on the test events.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import numpy as np
 from calolab.errors import CalolabError, ConfigError
 from calolab.evaluation import uncertainty as U
 from calolab.evaluation.bootstrap import bootstrap, paired_difference
-from calolab.evaluation.decorrelation import inverse_jsd
+from calolab.evaluation.decorrelation import DecorrelationSpec, inverse_jsd
 from calolab.registry.errors import DigestMismatchError
 from calolab.registry.policy import DecorrelationPolicy, GatePolicy, LatencyPolicy, ParityPolicy
 
@@ -251,25 +252,43 @@ def latency_gate(onnx_path: Path, inputs: dict[str, np.ndarray], policy: Latency
 
 
 def decorrelation_gate(
-    label: np.ndarray, score: np.ndarray, weight: np.ndarray, aux: dict[str, np.ndarray], policy: DecorrelationPolicy
+    label: np.ndarray,
+    score: np.ndarray,
+    weight: np.ndarray,
+    aux: dict[str, np.ndarray],
+    policy: DecorrelationPolicy,
+    specs: Sequence[DecorrelationSpec],
 ) -> GateResult:
+    """The floor on 1/JSD, measured as the candidate's evaluation measures it.
+
+    Args:
+        specs: the candidate run's ``evaluation.decorrelation`` entries; the one of
+            ``policy.variable`` gives scale, binning and cut efficiency, so that the value equals
+            the run's logged ``test/inv_jsd<eff>_<name>`` on the same test events.
+
+    Raises:
+        ConfigError: a floor is set but the evaluation does not measure that variable, or the
+            variable is not an aux branch of the data.
+    """
     if policy.min_inverse_jsd is None:
         return GateResult("decorrelation", SKIP, "no floor configured (registry.decorrelation.min_inverse_jsd=null)")
-    if policy.variable not in aux:
-        from calolab.errors import suggest
-
+    spec = next((s for s in specs if s.variable == policy.variable), None)
+    if spec is None:
+        measured = ", ".join(f"{s.variable} ({s.name})" for s in specs) or "nothing"
         raise ConfigError(
-            f"registry.decorrelation.variable={policy.variable!r} is not an aux branch of the data"
-            f"{suggest(policy.variable, aux)} (aux: {', '.join(sorted(aux))})"
+            f"registry.decorrelation.variable={policy.variable!r}: the candidate's evaluation does not measure "
+            f"1/JSD against it (evaluation.decorrelation measures {measured}); add it there, so that the gate "
+            "and the logged test/inv_jsd50 are one figure"
         )
+    values = spec.values(aux, "the test data")
     try:
-        value = inverse_jsd(label, score, weight, aux[policy.variable], policy.eff_sig, policy.bins)
+        value = inverse_jsd(label, score, weight, values, spec.eff_sig, spec.bins)
     except ConfigError as err:
         return GateResult("decorrelation", FAIL, f"1/JSD({policy.variable}) undefined: {err}")
     ok = value >= policy.min_inverse_jsd
     return GateResult(
         "decorrelation",
         PASS if ok else FAIL,
-        f"1/JSD of background {policy.variable} passing vs failing the {policy.eff_sig:.0%} signal-efficiency cut "
-        f"= {value:.4g} {'>=' if ok else '<'} {policy.min_inverse_jsd:g}",
+        f"1/JSD of background {policy.variable} passing vs failing the {spec.eff_sig:.0%} signal-efficiency cut "
+        f"(test/inv_jsd{spec.tag}_{spec.name}) = {value:.4g} {'>=' if ok else '<'} {policy.min_inverse_jsd:g}",
     )

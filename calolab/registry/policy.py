@@ -87,25 +87,23 @@ class LatencyPolicy:
 class DecorrelationPolicy:
     """Decorrelation floor: 1/JSD between the background's ``variable`` passing and failing a cut.
 
+    The measurement itself (scale, binning, signal efficiency of the cut) is the run's own
+    evaluation's (``evaluation.decorrelation`` entry of that variable), so that the gate decides
+    on exactly the figure logged as ``test/inv_jsd<eff>_<name>`` and quoted by the benchmarks.
+
     Args:
         min_inverse_jsd: the floor; None disables the gate.
-        variable: an aux branch of the datamodule (e.g. ``mu`` for pileup, ``jet_m`` for jet mass).
-        eff_sig: signal efficiency of the cut on the candidate's score.
-        bins: histogram bins (equal width over the background's range).
+        variable: the aux branch (e.g. ``mu`` for pileup, ``jet_m`` for jet mass); the candidate's
+            evaluation must measure 1/JSD against it.
     """
 
     min_inverse_jsd: float | None
     variable: str
-    eff_sig: float
-    bins: int
 
     def __post_init__(self) -> None:
         check_number("registry.decorrelation.min_inverse_jsd", self.min_inverse_jsd, 0, allow_none=True)
         if not isinstance(self.variable, str) or not self.variable:
             raise ConfigError(f"registry.decorrelation.variable must name an aux branch, but got {self.variable!r}")
-        if not 0.0 < check_number("registry.decorrelation.eff_sig", self.eff_sig) < 1.0:
-            raise ConfigError(f"registry.decorrelation.eff_sig must be in (0, 1), but got eff_sig={self.eff_sig!r}")
-        check_number("registry.decorrelation.bins", self.bins, 2)
 
 
 @dataclass(frozen=True)

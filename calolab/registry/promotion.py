@@ -149,7 +149,8 @@ def promote(
         )
     test = frozen_test_set(restored.dm)
     task = restored.model.cpu().eval()
-    cand = score_task(task, test, f"candidate run {candidate.run_id}", build_evaluation(restored.cfg))
+    evaluation = build_evaluation(restored.cfg)
+    cand = score_task(task, test, f"candidate run {candidate.run_id}", evaluation)
     with tempfile.TemporaryDirectory(prefix="calolab-promote-") as tmp:
         onnx_path = download_onnx(candidate, store, Path(tmp))
         names, arrays = parity_arrays(task, test, policy.parity.events)  # a generator: fixed latents
@@ -161,7 +162,14 @@ def promote(
                 policy.parity.with_defaults(restored.cfg.export),
             ),
             G.latency_gate(onnx_path, dict(zip(names, arrays)), policy.latency),
-            G.decorrelation_gate(test.label, cand.score, test.weight, test.aux, policy.decorrelation),
+            G.decorrelation_gate(
+                test.label,
+                cand.score,
+                test.weight,
+                test.aux,
+                policy.decorrelation,
+                getattr(evaluation, "decorrelation", []),  # a generator's or regression's: none
+            ),
         ]
         champion = None
         if seen is not None and seen[1].run_id != candidate.run_id:

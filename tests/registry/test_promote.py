@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from calolab.app import CONF_DIR, compose_config
 from calolab.errors import ConfigError
+from calolab.evaluation.decorrelation import DecorrelationSpec
 from calolab.pipeline.restore import restore_run
 from calolab.pipeline.train import train
 from calolab.registry import (
@@ -477,7 +478,8 @@ def test_every_registry_option_builds_a_policy(option):
         ("registry.mode=maximize", "'max' or 'min'"),
         ("registry.min_improvement=abc", "finite number"),
         ("registry.parity.events=0", "events must be >= 1"),
-        ("registry.decorrelation.eff_sig=1.5", "eff_sig must be in (0, 1)"),
+        ("registry.decorrelation.min_inverse_jsd=-1", "min_inverse_jsd must be >= 0"),
+        ("+registry.decorrelation.bins=20", "unknown key registry.decorrelation.bins"),
         ("registry.latency.max_ms=-1", "max_ms must be >= 0"),
     ],
 )
@@ -519,13 +521,25 @@ def test_decorrelation_gate():
     independent = label + rng.normal(0, 1, n)  # the score does not look at mu
     sculpting = label + mu / 20 + rng.normal(0, 0.3, n)  # background passing the cut has high mu
     floor = policy("registry.decorrelation.min_inverse_jsd=20").decorrelation
-    assert G.decorrelation_gate(label, independent, weight, {"mu": mu}, floor).status == "pass"
-    result = G.decorrelation_gate(label, sculpting, weight, {"mu": mu}, floor)
-    assert result.status == "fail" and "1/JSD" in result.detail
+    specs = [DecorrelationSpec.from_config("mu", {"variable": "mu", "bins": 20})]
+    assert G.decorrelation_gate(label, independent, weight, {"mu": mu}, floor, specs).status == "pass"
+    result = G.decorrelation_gate(label, sculpting, weight, {"mu": mu}, floor, specs)
+    assert result.status == "fail" and "1/JSD" in result.detail and "test/inv_jsd50_mu" in result.detail
     assert G.inverse_jsd(label, sculpting, weight, np.zeros(n), 0.5, 20) == float("inf")  # constant variable
-    assert G.decorrelation_gate(label, independent, weight, {"mu": mu}, policy().decorrelation).status == "skip"
+    no_floor = policy().decorrelation
+    assert G.decorrelation_gate(label, independent, weight, {"mu": mu}, no_floor, specs).status == "skip"
     with pytest.raises(ConfigError, match="not an aux branch"):
-        G.decorrelation_gate(label, independent, weight, {"ph_pt": mu}, floor)
+        G.decorrelation_gate(label, independent, weight, {"ph_pt": mu}, floor, specs)
+    # the evaluation's definition decides: its binning (here 2 coarse bins that hide the sculpting
+    # inside the first) gives its value, and a variable it does not measure is one clear error
+    coarse = [DecorrelationSpec.from_config("mu", {"variable": "mu", "bins": [0, 59, 60]})]
+    detail = G.decorrelation_gate(label, sculpting, weight, {"mu": mu}, floor, coarse).detail
+    assert f"= {G.inverse_jsd(label, sculpting, weight, mu, 0.5, [0, 59, 60]):.4g}" in detail
+    assert detail != result.detail
+    with pytest.raises(
+        ConfigError, match=r"does not measure 1/JSD against it \(evaluation.decorrelation measures jet_m \(mass\)\)"
+    ):
+        G.decorrelation_gate(label, sculpting, weight, {"mu": mu}, floor, [DecorrelationSpec("mass", "jet_m", "m")])
 
 
 # ---- the lock -----------------------------------------------------------------------------------
