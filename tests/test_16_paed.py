@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from calolab.app import compose_config
-from calolab.errors import InputFileError
+from calolab.errors import ConfigError, InputFileError
 from calolab.generation.runner import run_generation
 from calolab.pipeline.train import build_data, train
 
@@ -167,6 +167,29 @@ def test_denoiser_frozen_in_front_of_the_photon_cnn_one_graph(paed_run, samples,
     names = {i.name for i in onnx.load(str(path)).graph.initializer}
     assert any("denoiser" in n for n in names) and any("cnn" in n for n in names)  # one graph holds both
     assert check_parity(path, module, [t.numpy() for t in x], atol=1e-5, rtol=1e-4) <= 1e-5
+
+
+def test_denoiser_from_a_registered_model_alias(paed_run, tmp_path):
+    """net.denoiser_run=<model>@<alias> loads the auto-encoder of the run behind that version."""
+    from lightning_modules.nets.autoencoder import load_denoiser
+
+    cfg, result = paed_run
+    client = MlflowClient(cfg.tracking.uri)
+    name = f"paed-alias-{tmp_path.name}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{result['run_id']}/onnx", run_id=result["run_id"])
+    client.set_registered_model_alias(name, "champion", version.version)
+    by_run = load_denoiser(result["run_id"], cfg.tracking.uri, str(tmp_path))
+    by_alias = load_denoiser(f"{name}@champion", cfg.tracking.uri, str(tmp_path))
+    for (k, a), (k2, b) in zip(by_run.state_dict().items(), by_alias.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    with pytest.raises(
+        ConfigError,
+        match=rf"net.denoiser_run='{name}@best': registered model '{name}' has no alias 'best' \(its aliases: champion \(v1\)\)",
+    ):
+        load_denoiser(f"{name}@best", cfg.tracking.uri, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"no registered model 'paed-nope'"):
+        load_denoiser("paed-nope@champion", cfg.tracking.uri, str(tmp_path))
 
 
 def test_sample_without_pileup_free_twin_is_refused(samples):

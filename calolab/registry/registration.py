@@ -65,6 +65,22 @@ def require_registered_model(client, name: str):
     return model
 
 
+def version_by_alias(client, ref: str, default_alias: str = "champion"):
+    """The model version that ``<name>[@<alias>]`` points to (``default_alias`` when none is given).
+
+    Raises:
+        RegistryError: no such registered model (the registered ones listed), or it has no such alias
+            (its aliases listed).
+    """
+    name, _, alias = str(ref).partition("@")
+    alias = alias or default_alias
+    model = require_registered_model(client, name)
+    if alias not in model.aliases:
+        known = ", ".join(f"{a} (v{v})" for a, v in sorted(model.aliases.items())) or "none yet"
+        raise RegistryError(f"registered model {name!r} has no alias {alias!r} (its aliases: {known})")
+    return client.get_model_version_by_alias(name, alias)
+
+
 def aliases(client, name: str) -> dict[str, str]:
     """alias -> version of the registered model (empty when it does not exist)."""
     model = registered_model(client, name)

@@ -16,6 +16,7 @@ The data module's cached clean targets (inputs named ``<name>__target``,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from torch import Tensor, nn
 
 from calolab.errors import ConfigError
 from lightning_modules.nets._blocks import ACTIVATIONS
+
+log = logging.getLogger(__name__)
 
 
 def _conv_stack(channels: Sequence[int], kernel_size: int, activation: str) -> nn.Sequential:
@@ -113,13 +116,15 @@ def layer_energy(image: Tensor) -> Tensor:
 
 
 def load_denoiser(run_id: str, tracking_uri: str | None, mlruns_dir: str | None) -> DenoisingAutoEncoder:
-    """The auto-encoder of a finished ``paed`` training (MLflow run ``run_id``), with its best weights, frozen.
+    """The auto-encoder of a finished ``paed`` training, with its best weights, frozen.
 
-    The run's ``config.yaml`` gives the net's config and the input shapes (its ``data.inputs``);
-    the best checkpoint under ``checkpoints/`` gives the weights (the task's ``net.*``).
+    ``run_id`` is the MLflow run id of that training, or ``<registered model>@<alias>`` (e.g.
+    ``paed@champion``, what ``calolab promote experiment=paed registry=paed`` registers): the run
+    the alias points to. The run's ``config.yaml`` gives the net's config and the input shapes (its
+    ``data.inputs``); the best checkpoint under ``checkpoints/`` gives the weights (the task's ``net.*``).
 
     Raises:
-        ConfigError: the run does not exist, is not a denoiser training or has no checkpoint.
+        ConfigError: the run, model or alias does not exist, is not a denoiser training or has no checkpoint.
     """
     import tempfile
 
@@ -131,6 +136,16 @@ def load_denoiser(run_id: str, tracking_uri: str | None, mlruns_dir: str | None)
 
     store = TrackingStore.resolve(tracking_uri, mlruns_dir)
     client = store.client()
+    if "@" in run_id:  # a registered model's alias: the run behind that version
+        from calolab.registry.errors import RegistryError
+        from calolab.registry.registration import version_by_alias
+
+        try:
+            version = version_by_alias(client, run_id)
+        except RegistryError as err:
+            raise ConfigError(f"net.denoiser_run={run_id!r}: {err} in {store.uri}") from err
+        log.info("calolab: denoiser %s is version %s, run %s", run_id, version.version, version.run_id)
+        run_id = version.run_id
     with tempfile.TemporaryDirectory(prefix="calolab-denoiser-") as tmp:
         try:
             run = client.get_run(run_id)
@@ -159,7 +174,7 @@ class DenoisedLayerCNN(nn.Module):
     """A classifier net on denoised images: a frozen PAED in front of a per-layer CNN, one graph.
 
     The inputs are the raw (MeV) pileup images; the auto-encoder of ``denoiser_run`` (a ``paed``
-    training) denoises them, the images are normalised as the photon CNN's data (``cluster``: every
+    training: its run id or ``<registered model>@<alias>``, see :func:`load_denoiser`) denoises them, the images are normalised as the photon CNN's data (``cluster``: every
     layer divided by the event's summed |E|; ``layer``; ``none``), and ``cnn`` (a
     :class:`~lightning_modules.nets.LayerCNN` config) gives one logit per event. With
     ``denoiser_run: null`` the same CNN sees the raw pileup images: the comparison of
