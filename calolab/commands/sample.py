@@ -11,6 +11,11 @@ pixel's centre ``const_eta``/``const_phi``, around the jet axis ``jet_eta = jet_
 ``JetImageDataModule`` rebuilds the same image from them (the generated images are already
 centred, rotated and flipped).
 
+The file also holds the record ``calolab_sample`` (:mod:`calolab.generation.sampled_images`): the
+generator and the frame of its images (geometry from the ONNX metadata; centring, rotation, flip and
+normalisation from the generator's training config), so that ``calolab evaluate run_id=<tagger>
+data.files=[<file>]`` can check that a tagger reads them as they were generated.
+
 Bad input is one clear error and a non-zero exit, before anything is written: ``n <= 0``, a class
 outside the trained ones, latents whose size is not the model's, a model that is not a generator.
 The file is written under a temporary name and renamed when complete.
@@ -19,6 +24,7 @@ The file is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -29,6 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from calolab.app import hydra_app, rename_args
 from calolab.errors import CalolabError, ConfigError, InputFileError
+from calolab.generation.sampled_images import RECORD_KEY, frame_from_data, make_record
+
+log = logging.getLogger(__name__)
 
 #: command-line key -> config key (``model`` is a config group of ``calolab train``)
 ARG_ALIASES = {"model": "registered_model"}
@@ -36,8 +45,8 @@ ARG_ALIASES = {"model": "registered_model"}
 GENERATOR = "generator"
 
 
-def _download(cfg: DictConfig, store, tmp: Path) -> tuple[Path, str]:
-    """The ONNX file of the model named in ``cfg`` and a description of where it came from."""
+def _download(cfg: DictConfig, store, tmp: Path) -> tuple[Path, str, str]:
+    """The ONNX file of the model named in ``cfg``, a description of where it came from, and its run."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -56,7 +65,7 @@ def _download(cfg: DictConfig, store, tmp: Path) -> tuple[Path, str]:
             path = client.download_artifacts(str(run_id), "onnx/model.onnx", str(tmp))
         except (MlflowException, OSError) as err:
             raise InputFileError(f"run {run_id} has no ONNX model onnx/model.onnx in {store.uri}: {err}") from err
-        return Path(path), f"run {run_id}"
+        return Path(path), f"run {run_id}", str(run_id)
     name, _, alias = str(model).partition("@")
     alias = alias or "champion"
     require_registered_model(client, name)
@@ -70,7 +79,22 @@ def _download(cfg: DictConfig, store, tmp: Path) -> tuple[Path, str]:
         )
     except Exception as err:  # MlflowException or OSError from the artifact repository
         raise InputFileError(f"cannot download {name} v{version.version}: {err}") from err
-    return Path(folder) / "model.onnx", f"{name}@{alias} (v{version.version}, run {version.run_id})"
+    return Path(folder) / "model.onnx", f"{name}@{alias} (v{version.version}, run {version.run_id})", version.run_id
+
+
+def _training_data(store, run_id: str, tmp: Path) -> dict | None:
+    """The data config the generator of ``run_id`` trained on (its ``config.yaml``), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = store.client().download_artifacts(run_id, "config.yaml", str(tmp))
+    except (MlflowException, OSError) as err:
+        log.warning(
+            "calolab sample: run %s has no config.yaml (%s); the images' frame is recorded as unknown", run_id, err
+        )
+        return None
+    data = OmegaConf.to_container(OmegaConf.load(path)).get("data")
+    return data if isinstance(data, dict) else None
 
 
 class OnnxGenerator:
@@ -152,7 +176,6 @@ def jets_from_images(images: np.ndarray, label: np.ndarray, half_width) -> dict:
 
 def sample(cfg: DictConfig) -> tuple[Path, str, np.ndarray]:
     """Generate and write; returns the file, the model's description and the labels written."""
-    from calolab.generation.writer import write_tree
     from calolab.tracking import TrackingStore
 
     n = cfg.n
@@ -173,8 +196,9 @@ def sample(cfg: DictConfig) -> tuple[Path, str, np.ndarray]:
             )
     store = TrackingStore.resolve(cfg.tracking.uri, cfg.paths.mlruns_dir)
     with tempfile.TemporaryDirectory(prefix="calolab-sample-") as tmp:
-        path, what = _download(cfg, store, Path(tmp))
+        path, what, run_id = _download(cfg, store, Path(tmp))
         gen = OnnxGenerator(path, what)
+        data = _training_data(store, run_id, Path(tmp))
         classes = list(range(len(gen.class_names))) if cfg.classes is None else OmegaConf.to_container(cfg.classes)
         classes = classes if isinstance(classes, list) else [classes]
         if not classes or any(isinstance(c, bool) or not isinstance(c, int) for c in classes):
@@ -185,15 +209,27 @@ def sample(cfg: DictConfig) -> tuple[Path, str, np.ndarray]:
         images = gen(np.asarray(latents, np.float32), label, int(cfg.batch_size))
     if not np.all(np.isfinite(images)):
         raise CalolabError(f"{what} generated non-finite pixels")
-    branches = jets_from_images(images, label, gen.half_width)
+    frame = frame_from_data(data, images.shape[1:], gen.half_width)
+    write_sample(out, images, label, gen.half_width, make_record(what, str(cfg.tree), frame), str(cfg.tree))
+    return out, what, label
+
+
+def write_sample(out: Path, images: np.ndarray, label: np.ndarray, half_width, record: str, tree: str = "jets") -> None:
+    """Write (N, C, H, W) images of classes ``label`` as ``tree`` and the ``record`` to ``out``, atomically."""
+    import uproot
+
+    from calolab.generation.writer import write_tree
+
+    branches = jets_from_images(images, label, half_width)
     part = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_tree(part, str(cfg.tree), branches, title=f"generated by {what}")
+        write_tree(part, tree, branches, title=f"generated by {json.loads(record)['generator']}")
+        with uproot.update(part) as f:
+            f[RECORD_KEY] = record
         os.replace(part, out)
     finally:
         part.unlink(missing_ok=True)
-    return out, what, label
 
 
 @hydra_app("sample_images", "sample")

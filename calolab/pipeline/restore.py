@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from calolab.keys import LAST_CHECKPOINT_NAME
 from calolab.tracking import RunNotFoundError, TrackingStore
 
-__all__ = ["RestoredRun", "RunNotFoundError", "restore_run"]
+__all__ = ["RestoredRun", "RunNotFoundError", "restore_run", "run_config"]
 
 
 @dataclass
@@ -40,16 +40,9 @@ def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
     from calolab.pipeline.train import build_data, build_task
 
     client = store.client()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        raise RunNotFoundError(f"no MLflow run {run_id!r} in {store.uri}") from err
+    run = _get_run(client, run_id, store)
+    cfg = run_config(run_id, store)
     with tempfile.TemporaryDirectory(prefix="calolab-restore-") as tmp:
-        try:
-            cfg_path = client.download_artifacts(run_id, "config.yaml", tmp)
-        except (MlflowException, OSError) as err:
-            raise RunNotFoundError(f"run {run_id} has no config.yaml artifact (not a calolab training run?)") from err
-        cfg = OmegaConf.load(cfg_path)
         try:
             ckpt_dir = client.download_artifacts(run_id, "checkpoints", tmp)
             # the best checkpoint, not the latest training state a resumable run also logs there
@@ -63,3 +56,26 @@ def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
         model = build_task(cfg, dm).load_weights(ckpts[0])
     experiment = client.get_experiment(run.info.experiment_id).name
     return RestoredRun(cfg=cfg, model=model, dm=dm, run_id=run_id, experiment=experiment)
+
+
+def _get_run(client, run_id: str, store: TrackingStore):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        raise RunNotFoundError(f"no MLflow run {run_id!r} in {store.uri}") from err
+
+
+def run_config(run_id: str, store: TrackingStore) -> DictConfig:
+    """The resolved config ``run_id`` trained with (its ``config.yaml`` artifact)."""
+    from mlflow.exceptions import MlflowException
+
+    client = store.client()
+    _get_run(client, run_id, store)
+    with tempfile.TemporaryDirectory(prefix="calolab-config-") as tmp:
+        try:
+            cfg_path = client.download_artifacts(run_id, "config.yaml", tmp)
+        except (MlflowException, OSError) as err:
+            raise RunNotFoundError(f"run {run_id} has no config.yaml artifact (not a calolab training run?)") from err
+        return OmegaConf.load(cfg_path)
