@@ -38,11 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import Metric
 
 from calolab import keys
 from calolab.errors import ConfigError, suggest
-from calolab.evaluation.decorrelation import DecorrelationSpec, inverse_jsd
 from lightning_modules.classifier import (
     BinaryClassifier,
     WeightedMean,
@@ -61,48 +59,6 @@ def weighted_mean(values: Tensor, weight: Tensor) -> Tensor:
     """Sum of ``values * weight`` over the weight sum (0 for an empty or zero-weight batch)."""
     weight = weight.to(values.dtype)
     return (values * weight).sum() / weight.sum().clamp_min(torch.finfo(values.dtype).tiny)
-
-
-class DecorrelationScores(Metric):
-    """The epoch's scores, labels, weights and decorrelation variable; computes 1/JSD and R50.
-
-    States are concatenated across DDP ranks. NaN when the epoch lacks a class or the cut leaves
-    no background on one side.
-    """
-
-    full_state_update = False
-
-    def __init__(self, spec: DecorrelationSpec, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec = spec
-        for name in ("score", "label", "weight", "value"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    def update(self, score: Tensor, label: Tensor, weight: Tensor, value: Tensor) -> None:
-        for name, t in (("score", score), ("label", label), ("weight", weight), ("value", value)):
-            getattr(self, name).append(t.detach().float().reshape(-1))
-
-    def compute(self) -> dict[str, Tensor]:
-        from calolab.evaluation.metrics import rejection_at_efficiency
-
-        nan = {"inv_jsd": torch.tensor(float("nan")), "rej": torch.tensor(float("nan"))}
-        if isinstance(self.score, list) and not self.score:
-            return nan
-
-        def flat(values: list[Tensor] | Tensor) -> np.ndarray:
-            t = torch.cat(values) if isinstance(values, list) else values.reshape(-1)
-            return t.cpu().double().numpy()
-
-        y, s, w, v = (flat(x) for x in (self.label, self.score, self.weight, self.value))
-        if y.min() == y.max():
-            return nan
-        out = {}
-        try:
-            out["inv_jsd"] = inverse_jsd(y, s, w, v * self.spec.scale, self.spec.eff_sig, self.spec.bins)
-        except ConfigError:
-            out["inv_jsd"] = float("nan")
-        out["rej"] = rejection_at_efficiency(y, s, self.spec.eff_sig, w)
-        return {k: torch.tensor(x, dtype=torch.float32) for k, x in out.items()}
 
 
 class AdversarialClassifier(BinaryClassifier):
@@ -146,7 +102,13 @@ class AdversarialClassifier(BinaryClassifier):
         scheduler: Callable[..., Any] | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, compile=compile)
+        super().__init__(
+            net=net,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            compile=compile,
+            decorrelation=decorrelation if decorrelation is not None else {"variable": target},
+        )
         self.automatic_optimization = False
         lam = _number(lam, "model.lam")
         if lam < 0:
@@ -162,9 +124,6 @@ class AdversarialClassifier(BinaryClassifier):
         self.pretrain_epochs = _count(pretrain_epochs, "model.pretrain_epochs", 0)
         self.adversary_pretrain_epochs = _count(adversary_pretrain_epochs, "model.adversary_pretrain_epochs", 0)
         self.adversary_steps = _count(adversary_steps, "model.adversary_steps", 1)
-        self.spec = DecorrelationSpec.from_config(
-            "val", dict(decorrelation) if decorrelation is not None else {"variable": self.target}
-        )
         self.adversary_factory = _as_factory(adversary, "adversary")
         self.adversary = self.adversary_factory(n_inputs=1 + len(self.adversary_inputs))
         if not callable(getattr(self.adversary, "nll", None)):
@@ -189,12 +148,10 @@ class AdversarialClassifier(BinaryClassifier):
                 "pretrain_epochs": self.pretrain_epochs,
                 "adversary_pretrain_epochs": self.adversary_pretrain_epochs,
                 "adversary_steps": self.adversary_steps,
-                "decorrelation": {k: getattr(self.spec, k) for k in DecorrelationSpec.KEYS},
             },
             logger=False,
         )
         self.train_adv_loss, self.val_adv_loss = WeightedMean(), WeightedMean()
-        self.val_decorrelation = DecorrelationScores(self.spec)
 
     # -- phases and data ------------------------------------------------------------------------
     def phase(self, epoch: int | None = None) -> str:
@@ -208,7 +165,7 @@ class AdversarialClassifier(BinaryClassifier):
 
     @property
     def batch_variables(self) -> list[str]:
-        return list(dict.fromkeys([self.target, *self.adversary_inputs, self.spec.variable]))
+        return list(dict.fromkeys([self.target, *self.adversary_inputs, *super().batch_variables]))
 
     def check_variables(self, aux: Sequence[str]) -> None:
         """One ConfigError per kind of missing variable: adversary target, adversary input, decorrelation variable."""
@@ -225,19 +182,15 @@ class AdversarialClassifier(BinaryClassifier):
                     f"adversary input {name!r} (model.adversary_inputs) is not an aux variable of the data"
                     f"{suggest(name, aux)}; {listing}"
                 )
-        if self.spec.variable not in aux:
-            raise ConfigError(
-                f"decorrelation variable model.decorrelation.variable={self.spec.variable!r} is not an aux variable "
-                f"of the data{suggest(self.spec.variable, aux)}; {listing}"
-            )
+        self.check_decorrelation_variable(aux)
 
     def setup(self, stage: str) -> None:
-        super().setup(stage)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or not hasattr(dm, "request_batch_aux"):
             raise ConfigError("the adversarial task needs a calolab datamodule (its aux variables feed the adversary)")
         self.check_variables([*dm.aux, "event_number"])
-        dm.request_batch_aux(self.batch_variables, "the adversarial task")
+        super().setup(stage)  # compile; the decorrelation variable
+        dm.request_batch_aux(self.batch_variables, "the adversarial task")  # every stage: batches carry aux
         if stage == "fit":
             self._standardise_from(dm.arrays("train"))
 
@@ -347,20 +300,12 @@ class AdversarialClassifier(BinaryClassifier):
     # -- validation -----------------------------------------------------------------------------
     def _evaluate(self, batch, stage: str) -> None:
         inputs, label, weight, aux = self._unpack(batch)
-        super()._evaluate((inputs, label, weight), stage)
+        super()._evaluate(batch, stage)  # loss, AUCs and the epoch's val/inv_jsd50 states
         if stage != "val":
             return
         score = torch.sigmoid(self.net(*inputs))
         self.val_adv_loss.update(self.adversary_loss(score, label, weight, aux), weight[label == 0].sum())
         self.log(keys.VAL_ADV_LOSS, self.val_adv_loss, on_step=False, on_epoch=True)
-        self.val_decorrelation.update(score, label, weight, aux[self.spec.variable])
-
-    def on_validation_epoch_end(self) -> None:
-        values = self.val_decorrelation.compute()
-        self.val_decorrelation.reset()
-        tag = self.spec.tag
-        self.log(f"val/inv_jsd{tag}", values["inv_jsd"], prog_bar=True)
-        self.log(f"val/rej{tag}", values["rej"])
 
     def configure_optimizers(self) -> Any:
         opt_clf = self.optimizer_factory(self.net.parameters())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,10 +31,13 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 
 from calolab import keys
-from calolab.errors import ConfigError
+from calolab.errors import ConfigError, suggest
+from calolab.evaluation.decorrelation import DecorrelationSpec, inverse_jsd
 from lightning_modules.task import Task
 
 _PLAIN = (type(None), bool, int, float, str)
+
+log = logging.getLogger(__name__)
 
 
 def weighted_bce_with_logits(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
@@ -107,6 +111,51 @@ class WeightedAUROC(Metric):
         if y.min() == y.max() or w[y == 1].sum() <= 0 or w[y == 0].sum() <= 0:
             return torch.tensor(float("nan"))
         return torch.tensor(auc(y, s, w), dtype=torch.float32)
+
+
+class DecorrelationScores(Metric):
+    """The epoch's scores, labels, weights and decorrelation variable; computes 1/JSD and R50.
+
+    States are concatenated across DDP ranks. NaN when the epoch lacks a class or the cut leaves
+    no background on one side; ``constant`` says whether the background's variable took one value
+    (1/JSD then says nothing: both shapes are that one bin).
+    """
+
+    full_state_update = False
+
+    def __init__(self, spec: DecorrelationSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        for name in ("score", "label", "weight", "value"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, score: Tensor, label: Tensor, weight: Tensor, value: Tensor) -> None:
+        for name, t in (("score", score), ("label", label), ("weight", weight), ("value", value)):
+            getattr(self, name).append(t.detach().float().reshape(-1))
+
+    def compute(self) -> dict[str, Tensor]:
+        from calolab.evaluation.metrics import rejection_at_efficiency
+
+        nan = {"inv_jsd": torch.tensor(float("nan")), "rej": torch.tensor(float("nan")), "constant": False}
+        if isinstance(self.score, list) and not self.score:
+            return nan
+
+        def flat(values: list[Tensor] | Tensor) -> np.ndarray:
+            t = torch.cat(values) if isinstance(values, list) else values.reshape(-1)
+            return t.cpu().double().numpy()
+
+        y, s, w, v = (flat(x) for x in (self.label, self.score, self.weight, self.value))
+        if y.min() == y.max():
+            return nan
+        out = {}
+        background = v[y == 0]
+        constant = background.size > 0 and bool(np.ptp(background) == 0)
+        try:
+            out["inv_jsd"] = inverse_jsd(y, s, w, v * self.spec.scale, self.spec.eff_sig, self.spec.bins)
+        except ConfigError:
+            out["inv_jsd"] = float("nan")
+        out["rej"] = rejection_at_efficiency(y, s, self.spec.eff_sig, w)
+        return {**{k: torch.tensor(x, dtype=torch.float32) for k, x in out.items()}, "constant": constant}
 
 
 def _plain(value: Any) -> Any:
@@ -220,7 +269,12 @@ class BinaryClassifier(Task):
     (:class:`WeightedAUROC`, the test evaluation's definition, with the batch's weights);
     ``val/auc_unweighted`` (torchmetrics' ``BinaryAUROC``) is logged beside it. ``val/auc`` is the
     one figure of merit: it selects checkpoints, drives early stopping and sweeps, and its test
-    twin ``test/auc`` gates promotion.
+    twin ``test/auc`` gates promotion. With ``decorrelation`` set, every validation also logs
+    ``val/inv_jsd50`` (1/JSD of the background's variable passing vs failing the 50% cut, the
+    evaluation's ``test/inv_jsd50`` on the validation split) and ``val/rej50``, so that plain and
+    adversarially decorrelated taggers show the same trade-off per epoch; the variable is drawn with
+    every batch (``(inputs, label, weight, aux)`` batches), and ``val/inv_jsd50`` is not logged while
+    the validation background holds one value of it (e.g. one pileup condition).
 
     Args:
         net: an ``nn.Module`` mapping the batch's inputs (in order) to logits ``(B,)``.
@@ -230,6 +284,9 @@ class BinaryClassifier(Task):
             any scheduler steps once per epoch.
         compile: compile the net with ``torch.compile`` (in place, so state-dict keys and ONNX export
             are unchanged) when fitting starts.
+        decorrelation: ``{variable, label, scale, bins, eff_sig}`` of ``val/inv_jsd<eff>``
+            (:class:`~calolab.evaluation.decorrelation.DecorrelationSpec`; the presets take their
+            evaluation's headline entry), or None.
 
     Checkpoints keep optimiser and scheduler as plain configs (None when they were lambdas or local
     functions; pass ``optimizer=`` again then). The net is not a hyper-parameter: reload with
@@ -247,6 +304,7 @@ class BinaryClassifier(Task):
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
         compile: bool = False,
+        decorrelation: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -258,14 +316,28 @@ class BinaryClassifier(Task):
         self.net = net
         self.optimizer_factory = _as_factory(optimizer, "optimizer")
         self.scheduler_factory = None if scheduler is None else _as_factory(scheduler, "scheduler")
+        if decorrelation is not None and not isinstance(decorrelation, Mapping):
+            raise ConfigError(
+                f"model.decorrelation must be {{variable, label, scale, bins, eff_sig}} or null, but got {decorrelation!r}"
+            )
+        self.decorrelation_spec = (
+            None if decorrelation is None else DecorrelationSpec.from_config("val", _plain(decorrelation))
+        )
         self.save_hyperparameters(
             {
                 "optimizer": factory_config(self.optimizer_factory),
                 "scheduler": factory_config(self.scheduler_factory),
                 "compile": bool(compile),
+                "decorrelation": None
+                if self.decorrelation_spec is None
+                else {k: getattr(self.decorrelation_spec, k) for k in DecorrelationSpec.KEYS},
             },
             logger=False,  # the run's params are the flattened config, logged once by the pipeline
         )
+        self.val_decorrelation = (
+            None if self.decorrelation_spec is None else DecorrelationScores(self.decorrelation_spec)
+        )
+        self._constant_warned = False
         self.train_loss = WeightedMean()
         self.val_loss, self.val_auc, self.val_auc_unweighted = WeightedMean(), WeightedAUROC(), BinaryAUROC()
         self.test_loss, self.test_auc, self.test_auc_unweighted = WeightedMean(), WeightedAUROC(), BinaryAUROC()
@@ -277,13 +349,33 @@ class BinaryClassifier(Task):
     def setup(self, stage: str) -> None:
         if self.hparams.compile and stage == "fit":
             self.net.compile()
+        if self.decorrelation_spec is not None and stage in ("fit", "validate"):
+            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            if dm is None or not hasattr(dm, "request_batch_aux"):
+                raise ConfigError("model.decorrelation (val/inv_jsd50) needs a calolab datamodule: its aux variables")
+            self.check_decorrelation_variable([*dm.aux, "event_number"])
+            dm.request_batch_aux(self.batch_variables, f"the {self.kind} task")
+
+    @property
+    def batch_variables(self) -> list[str]:
+        """The aux variables every batch carries (``(inputs, label, weight, aux)`` batches when any)."""
+        return [] if self.decorrelation_spec is None else [self.decorrelation_spec.variable]
+
+    def check_decorrelation_variable(self, aux: list[str]) -> None:
+        """One ConfigError when ``model.decorrelation.variable`` is not among the data's ``aux``."""
+        variable = self.decorrelation_spec.variable if self.decorrelation_spec is not None else None
+        if variable is not None and variable not in aux:
+            raise ConfigError(
+                f"decorrelation variable model.decorrelation.variable={variable!r} is not an aux variable "
+                f"of the data{suggest(variable, aux)}; aux variables of the data: {', '.join(aux)} (data.aux)"
+            )
 
     def forward(self, *inputs: Tensor) -> Tensor:
         """Logits ``(B,)`` of the net for per-layer inputs."""
         return self.net(*inputs)
 
     def _loss(self, batch: tuple[tuple[Tensor, ...], Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        inputs, label, weight = batch
+        inputs, label, weight = batch[:3]  # a fourth entry: the aux variables (batch_variables)
         logits = self(*inputs)  # (B,)
         return weighted_bce_with_logits(logits, label, weight), logits, label, weight
 
@@ -309,6 +401,25 @@ class BinaryClassifier(Task):
         self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/auc", auc, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/auc_unweighted", unweighted, on_step=False, on_epoch=True)
+        if stage == "val" and self.val_decorrelation is not None and len(batch) == 4:
+            self.val_decorrelation.update(score, label, weight, batch[3][self.decorrelation_spec.variable])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_decorrelation is None:
+            return
+        values = self.val_decorrelation.compute()
+        self.val_decorrelation.reset()
+        tag = self.decorrelation_spec.tag
+        self.log(f"val/rej{tag}", values["rej"])
+        if not values["constant"]:
+            self.log(f"val/inv_jsd{tag}", values["inv_jsd"], prog_bar=True)
+        elif not self._constant_warned:
+            self._constant_warned = True
+            log.info(
+                "val/inv_jsd%s not logged: %s takes one value in the validation background",
+                tag,
+                self.decorrelation_spec.variable,
+            )
 
     def validation_step(self, batch: tuple[tuple[Tensor, ...], Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -79,6 +79,14 @@ def test_preset_trains_evaluates_exports_and_promotes(preset, jet_store, tmp_pat
         assert 0 < m[f"test/{working_point}_eff"] < 1 and m[f"test/{working_point}_rej"] >= 1
         assert f"test/eff_at_{working_point}_rej" in m
     assert not any("baseline" in k for k in m)  # the photon names stay photon's
+    # the W taggers log the decorrelation trade-off every epoch, as the adversarial ones do (issue 14)
+    epochs = len(client.get_metric_history(run.info.run_id, "val/auc"))
+    history = client.get_metric_history(run.info.run_id, "val/inv_jsd50")
+    if preset.startswith("wtag"):
+        assert len(history) == epochs >= 1 and all(h.value > 0 for h in history)
+        assert len(client.get_metric_history(run.info.run_id, "val/rej50")) == epochs
+    else:
+        assert history == [] and "val/rej50" not in m
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/roc.png", "plots/score.png", "plots/eff_vs_pt.png"} <= plots
     # average images and correlation maps: one per channel of a multi-channel image
