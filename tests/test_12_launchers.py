@@ -1,8 +1,8 @@
 """Issue 12: DDP trainings started by torchrun, on one node and on two (emulated on this machine).
 
 ``torchrun --standalone --nproc_per_node=2 -m calolab train trainer=ddp ...`` and two torchrun
-invocations of one process each with ``--nnodes=2 --node_rank=0/1`` (``trainer.num_nodes=2
-trainer.devices=1``) run side by side (wall time on 2 cores). torchrun starts the ranks, Lightning
+invocations of one process each with ``--nnodes=2 --node_rank=0/1`` (``trainer.num_nodes`` then
+follows ``--nnodes``) run side by side (wall time on 2 cores). torchrun starts the ranks, Lightning
 reads its variables (TorchElasticEnvironment) and launches no process of its own: exactly two ranks
 each time, one FINISHED MLflow run with its metrics once per epoch. The two-node training starts
 from an empty data folder: node 0's rank 0 generates the sample once, the rank of node 1 waits for
@@ -120,7 +120,8 @@ def test_torchrun_one_node_and_two_nodes(smoke_data, tmp_path):
                 "--nproc_per_node=1",
                 "--master_addr=127.0.0.1",
                 f"--master_port={port}",
-                *training_args(fresh, two, "trainer.num_nodes=2", "trainer.devices=1"),
+                # trainer.num_nodes from torchrun's --nnodes (conf/trainer/ddp.yaml), devices=1 (debug=smoke)
+                *training_args(fresh, two),
             ]
             for node in (0, 1)
         },
@@ -157,3 +158,16 @@ def test_torchrun_one_node_and_two_nodes(smoke_data, tmp_path):
         assert logs[name].count("Initializing distributed") == 1, logs[name][-3000:]
     for root in (one, two):
         assert wait_no_process(str(root / "mlflow.db")) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "sizes"), [({}, ("auto", 1)), ({"LOCAL_WORLD_SIZE": "4", "GROUP_WORLD_SIZE": "2"}, (4, 2))]
+)
+def test_ddp_trainer_follows_torchruns_sizes(compose_cfg, monkeypatch, env, sizes):
+    """trainer=ddp under torchrun: devices = --nproc_per_node, num_nodes = --nnodes (no size typed twice)."""
+    for name in ("LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = compose_cfg("train", ["experiment=photon_id", "trainer=ddp"])
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == sizes
