@@ -171,3 +171,28 @@ def test_ddp_trainer_follows_torchruns_sizes(compose_cfg, monkeypatch, env, size
         monkeypatch.setenv(name, value)
     cfg = compose_cfg("train", ["experiment=photon_id", "trainer=ddp"])
     assert (cfg.trainer.devices, cfg.trainer.num_nodes) == sizes
+
+
+def test_other_srun_rank_in_a_first_job_neither_resumes_nor_creates_the_store(monkeypatch, tmp_path):
+    """srun starts every rank at once: in a job that was not requeued, a non-main rank does not look
+    for a run of the job to resume (it would find the one the main process opens meanwhile) and
+    does not open the store (two processes creating one SQLite file fail); it goes on to wait for
+    the sample, as a rank of a new run does."""
+    from calolab.app import compose_config
+    from calolab.pipeline.train import train
+    from calolab.ranks import RankWaitTimeout
+
+    for name in [*(k for k in os.environ if k.startswith("SLURM_")), "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+        "CALOLAB_RANK_WAIT_S": "0.3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "mlflow.db"
+    cfg = compose_config("train", smoke_args(tmp_path / "data", f"tracking.uri=sqlite:///{db}"))
+    with pytest.raises(RankWaitTimeout, match="rank 1 waited 0 s for the photons sample"):
+        train(cfg)
+    assert not db.exists()

@@ -228,6 +228,11 @@ def _resume_plan(cfg: DictConfig, store: TrackingStore, hooks: TrainingHooks, ma
         return None
     if run_id:
         return plan_resume(cfg, store, str(run_id), check=main)
+    if not main and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+        # srun starts every rank at once: in a job's first run the run tagged with the job is the
+        # one the main process opens now (not one to resume), and a new SQLite store is the main
+        # process's to create (two processes migrating one file fail)
+        return None
     requeued = requeued_run(store, str(cfg.experiment_name))
     if requeued is None:
         return None
