@@ -410,9 +410,10 @@ class BinaryClassifier(Task):
         values = self.val_decorrelation.compute()
         self.val_decorrelation.reset()
         tag = self.decorrelation_spec.tag
-        self.log(f"val/rej{tag}", values["rej"])
+        # every rank holds the same value (the states are gathered); sync_dist averages equal numbers
+        self.log(f"val/rej{tag}", values["rej"], sync_dist=True)
         if not values["constant"]:
-            self.log(f"val/inv_jsd{tag}", values["inv_jsd"], prog_bar=True)
+            self.log(f"val/inv_jsd{tag}", values["inv_jsd"], prog_bar=True, sync_dist=True)
         elif not self._constant_warned:
             self._constant_warned = True
             log.info(

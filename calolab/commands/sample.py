@@ -50,7 +50,7 @@ def _download(cfg: DictConfig, store, tmp: Path) -> tuple[Path, str, str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from calolab.registry.registration import require_registered_model
+    from calolab.registry.registration import version_by_alias
 
     model, run_id = cfg.registered_model, cfg.run_id
     if (model is None) == (run_id is None):
@@ -66,13 +66,8 @@ def _download(cfg: DictConfig, store, tmp: Path) -> tuple[Path, str, str]:
         except (MlflowException, OSError) as err:
             raise InputFileError(f"run {run_id} has no ONNX model onnx/model.onnx in {store.uri}: {err}") from err
         return Path(path), f"run {run_id}", str(run_id)
-    name, _, alias = str(model).partition("@")
-    alias = alias or "champion"
-    require_registered_model(client, name)
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException as err:
-        raise ConfigError(f"registered model {name!r} has no alias {alias!r}: {err.message}") from err
+    version = version_by_alias(client, str(model))
+    name, alias = version.name, str(model).partition("@")[2] or "champion"
     try:
         folder = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{version.version}", dst_path=str(tmp)
