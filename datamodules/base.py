@@ -553,6 +553,7 @@ class CachedImageDataModule(pl.LightningDataModule):
             epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
+            pad=train,  # evaluation: each event once over the ranks (epoch metrics = one process's)
             prefetch=0 if resident else self.num_workers,
             pin_memory=device.type == "cuda" and not resident,
             aux=dict(zip(self.batch_aux, tensors[n_in:-2], strict=True)) or None,

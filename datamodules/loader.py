@@ -7,7 +7,8 @@ each batch of each tensor with one ``index_select`` (a fresh permutation per epo
 live on the accelerator the whole batch is drawn there. It is a plain iterable with
 ``__len__``, which Lightning 2 takes as a dataloader; under DDP each rank draws its own share
 of every epoch's permutation (padded by wrapping round to equal lengths, as PyTorch's
-``DistributedSampler`` does).
+``DistributedSampler`` does, for training; evaluation shares are not padded, so that every event
+is counted once and epoch metrics reduced over the ranks equal a single process's).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class BatchLoader:
         epoch: returns the current epoch (e.g. the Trainer's); without it, the number of
             previous passes over this loader.
         rank, world_size: this process's share of every epoch under data parallelism.
+        pad: under data parallelism, give every rank as many events by repeating some (wrapping
+            round), as training needs (every rank runs as many optimiser steps). Without it
+            (evaluation) rank r takes events r, r + world_size, ...: each event once, the ranks'
+            shares differing by at most one event (and possibly one batch; evaluation runs no
+            collective per batch). A split with fewer events than ranks is padded anyway, so
+            that no rank is left without a batch.
         prefetch: background threads assembling the next batches (0: none). Only useful when
             the tensors are memory-mapped or batches are pinned for a host-to-device copy.
         pin_memory: assemble batches in pinned host memory (tensors on the CPU, CUDA training).
@@ -59,6 +66,7 @@ class BatchLoader:
         epoch: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
         prefetch: int = 0,
         pin_memory: bool = False,
         aux: Mapping[str, Tensor] | None = None,
@@ -77,6 +85,7 @@ class BatchLoader:
         self.n_events = n
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.pad = bool(pad) or n < self.world_size
         self.prefetch, self.pin_memory = int(prefetch), bool(pin_memory)
         self._epoch_fn = epoch
         self._passes = 0
@@ -87,7 +96,11 @@ class BatchLoader:
 
     @property
     def events_per_rank(self) -> int:
-        return math.ceil(self.n_events / self.world_size) if self.world_size > 1 else self.n_events
+        if self.world_size == 1:
+            return self.n_events
+        if self.pad:
+            return math.ceil(self.n_events / self.world_size)
+        return len(range(self.rank, self.n_events, self.world_size))
 
     def __len__(self) -> int:
         """Batches per epoch (for this rank)."""
@@ -104,8 +117,8 @@ class BatchLoader:
         else:
             order = torch.arange(self.n_events)
         if self.world_size > 1:
-            total = self.events_per_rank * self.world_size
-            if self.n_events:  # pad by wrapping round so that every rank gets as many events
+            if self.pad and self.n_events:  # wrap round so that every rank gets as many events
+                total = self.events_per_rank * self.world_size
                 order = order.repeat(math.ceil(total / self.n_events))[:total]
             order = order[self.rank :: self.world_size]
         return order.to(self.device, non_blocking=True)

@@ -151,7 +151,9 @@ WEIGHTS_ATOL = 1e-6
 @pytest.mark.slow
 def test_ddp_two_ranks_train_the_weights_of_one_process(smoke_data, tmp_path):
     """Two gloo ranks of batch 16 and one process of batch 32, same seed and events: the same last
-    checkpoint (within :data:`WEIGHTS_ATOL`) and the same per-epoch train/loss.
+    checkpoint (within :data:`WEIGHTS_ATOL`), the same per-epoch train/loss, and the same per-epoch
+    val/loss and val/auc (the ranks' validation shares are not padded: each of the 31 validation
+    events is scored once, and the metrics are reduced over both ranks).
 
     Shuffling stays on: each epoch's permutation is drawn from ``data.seed + epoch`` whatever the
     number of ranks, and rank r takes its every 2nd event (datamodules.loader.BatchLoader), so that
@@ -166,7 +168,6 @@ def test_ddp_two_ranks_train_the_weights_of_one_process(smoke_data, tmp_path):
     - 4 batches of 32 of the 177 training events (debug=smoke): no last, uneven batch, which the
       ranks would pad by repeating events.
 
-    The validation split (31 events) is padded to 32 across the two ranks, so val/* are not compared.
     The single process trains in this process while the ranks run (wall time on 2 cores).
     """
     import subprocess
@@ -243,4 +244,10 @@ def test_ddp_two_ranks_train_the_weights_of_one_process(smoke_data, tmp_path):
         for c, i in ((one_client, one_id), (two_client, two_id))
     ]
     assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], abs=1e-5)  # reduced over both ranks
+    for key in ("val/loss", "val/auc", "val/auc_unweighted"):
+        history = [
+            [m.value for m in sorted(c.get_metric_history(i, key), key=lambda m: m.step)]
+            for c, i in ((one_client, one_id), (two_client, two_id))
+        ]
+        assert len(history[0]) == 2 and history[0] == pytest.approx(history[1], abs=1e-5), (key, history)
     assert wait_no_process(str(ddp_db)) == []

@@ -83,6 +83,25 @@ def test_ranks_share_every_epoch_equally(shuffle):
     assert sum(len(s) for s in seen) - 103 == 2  # padded by wrapping round, as DistributedSampler
 
 
+def test_evaluation_shares_count_every_event_once():
+    """Unpadded (evaluation) shares: each event on exactly one rank, shares differing by one at most."""
+    inputs, label, weight = indexed_tensors(103)
+    loaders = [
+        BatchLoader(inputs, label, weight, batch_size=8, shuffle=False, rank=r, world_size=3, pad=False)
+        for r in range(3)
+    ]
+    seen = [events_of(lo) for lo in loaders]
+    assert [len(s) for s in seen] == [35, 34, 34]
+    assert [len(lo) for lo in loaders] == [5, 5, 5]
+    assert sorted(e for s in seen for e in s) == list(range(103))  # no event twice, none missing
+    assert seen[1][:3] == [1, 4, 7]  # rank r takes events r, r + 3, ...
+    # fewer events than ranks: padded anyway, so that every rank has a batch
+    few = [
+        BatchLoader(*indexed_tensors(2), batch_size=8, shuffle=False, rank=r, world_size=3, pad=False) for r in range(3)
+    ]
+    assert [len(events_of(lo)) for lo in few] == [1, 1, 1]
+
+
 def test_prefetch_threads_give_the_same_batches():
     inputs, label, weight = indexed_tensors(77)
     plain = BatchLoader(inputs, label, weight, batch_size=8, shuffle=True, seed=9)
