@@ -285,8 +285,8 @@ class BinaryClassifier(Task):
         compile: compile the net with ``torch.compile`` (in place, so state-dict keys and ONNX export
             are unchanged) when fitting starts.
         decorrelation: ``{variable, label, scale, bins, eff_sig}`` of ``val/inv_jsd<eff>``
-            (:class:`~calolab.evaluation.decorrelation.DecorrelationSpec`; the presets take their
-            evaluation's headline entry), or None.
+            (:class:`~calolab.evaluation.decorrelation.DecorrelationSpec`; ``conf/model/classifier.yaml``
+            takes the evaluation's entry for the jet mass, else for mu), or None.
 
     Checkpoints keep optimiser and scheduler as plain configs (None when they were lambdas or local
     functions; pass ``optimizer=`` again then). The net is not a hyper-parameter: reload with
