@@ -303,7 +303,7 @@ class JetImageDataModule(CachedImageDataModule):
         for f in files:
             f.close()
         mean, std = _pixel_moments(np.load(files[TRAIN].path, mmap_mode="r"))
-        scale = np.divide(1.0, std, out=np.ones_like(std), where=std > 0)
+        scale = standardisation_scale(std)
         for f in files:
             if f.shape[0]:
                 _standardise_in_place(f.path, mean, scale)
@@ -347,6 +347,11 @@ def _pixel_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m2 = m2 + m2_b + delta**2 * (n_total * n_b / n_new)
         n_total = n_new
     return mean, np.sqrt(m2 / max(n_total, 1))
+
+
+def standardisation_scale(std: np.ndarray) -> np.ndarray:
+    """Per-pixel 1 / std of the standardisation; 1 where std is 0 (such pixels are only centred)."""
+    return np.divide(1.0, std, out=np.ones_like(std), where=std > 0)
 
 
 def _standardise_in_place(path, mean: np.ndarray, scale: np.ndarray) -> None:

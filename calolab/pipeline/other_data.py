@@ -213,10 +213,12 @@ def _standardised(inputs: Mapping[str, np.ndarray], stats: Mapping | None, paths
 
     The same arithmetic as :func:`datamodules.jets._standardise_in_place`: pixels with std 0 only centred.
     """
+    from datamodules.jets import standardisation_scale
+
     if not stats:
         raise ConfigError(f"the run's data standardises its images but its cache holds no standardisation for {paths}")
     mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
-    scale = np.divide(1.0, std, out=np.ones_like(std), where=std > 0)
+    scale = standardisation_scale(std)
     out = {}
     for name, images in inputs.items():
         if images.shape[1:] != mean.shape:
