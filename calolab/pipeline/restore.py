@@ -41,7 +41,7 @@ def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
 
     client = store.client()
     run = _get_run(client, run_id, store)
-    cfg = run_config(run_id, store)
+    cfg = _config_artifact(client, run_id)
     with tempfile.TemporaryDirectory(prefix="calolab-restore-") as tmp:
         try:
             ckpt_dir = client.download_artifacts(run_id, "checkpoints", tmp)
@@ -69,10 +69,14 @@ def _get_run(client, run_id: str, store: TrackingStore):
 
 def run_config(run_id: str, store: TrackingStore) -> DictConfig:
     """The resolved config ``run_id`` trained with (its ``config.yaml`` artifact)."""
-    from mlflow.exceptions import MlflowException
-
     client = store.client()
     _get_run(client, run_id, store)
+    return _config_artifact(client, run_id)
+
+
+def _config_artifact(client, run_id: str) -> DictConfig:
+    from mlflow.exceptions import MlflowException
+
     with tempfile.TemporaryDirectory(prefix="calolab-config-") as tmp:
         try:
             cfg_path = client.download_artifacts(run_id, "config.yaml", tmp)
