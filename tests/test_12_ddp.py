@@ -20,6 +20,7 @@ import pytest
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
+from calolab import keys
 from calolab.app import ROOT_DIR
 from tests.conftest import run_cli, smoke_args
 
@@ -36,6 +37,19 @@ class FailOnRank(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_rank == self.rank and trainer.current_epoch == 0 and batch_idx == self.batch:
             raise RuntimeError(f"injected failure on rank {self.rank}")
+
+
+class SignalOnRank(pl.Callback):
+    """Sends ``signal`` to its own process on every rank, rank r at training batch ``batch + r`` of
+    epoch 1: the signal of ``sbatch --signal`` or ``scancel``, which SLURM delivers to every task
+    of the step, each catching it at another point of its batch (a test's injected signal)."""
+
+    def __init__(self, signal: str = "SIGUSR1", batch: int = 1):
+        self.signal, self.batch = signal, batch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.batch + trainer.global_rank:
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 def ddp_args(data_dir: Path, db: Path, *extra: str) -> list[str]:
@@ -138,6 +152,33 @@ def test_rank_failure_ends_the_run_failed(smoke_data, tmp_path, rank):
     assert f"injected failure on rank {rank}" in reason, reason
     if rank:  # recorded by the failing child itself, before Lightning's launcher killed rank 0
         assert reason.startswith(f"rank {rank}: RuntimeError"), reason
+    assert wait_no_process(str(db)) == [], "a rank outlived the command"
+
+
+@pytest.mark.slow
+def test_signal_on_every_rank_stops_them_together_with_the_checkpoint(smoke_data, tmp_path):
+    """SIGUSR1 on both ranks, caught at different batches (as ``sbatch --signal=USR1@<s>`` sends it
+    to every task): both ranks stop at the same batch, the run ends KILLED with where it stopped and
+    its checkpoint at that batch, the command exits 128 + SIGUSR1, no rank is left. (Lightning's own
+    SIGTERM handler runs a broadcast inside the signal handler; with the signal on both ranks those
+    collectives pair with whatever the other rank runs and the job hangs: Lightning #20806.)"""
+    db = tmp_path / "mlflow.db"
+    args = ddp_args(
+        smoke_data,
+        db,
+        f"+callbacks.signal._target_={SignalOnRank.__module__}.SignalOnRank",
+        "tracking.log_models=false",
+    )
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT_DIR), os.environ.get("PYTHONPATH")) if p)}
+    res = run_cli("train", *args, env=env, timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 128 + signal.SIGUSR1, out[-4000:]
+    client, run = only_run(db)
+    assert run.info.status == "KILLED", out[-4000:]
+    # rank 0 caught it before batch 2 (index 1), rank 1 before batch 3: both stop after batch 2
+    assert run.data.tags[keys.INTERRUPTED_TAG] == "SIGUSR1 at epoch 1/2, step 2 (0 epoch(s) complete)"
+    assert run.data.tags[keys.CHECKPOINT_STEP_TAG] == "2"
+    assert "checkpoints/last.ckpt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert wait_no_process(str(db)) == [], "a rank outlived the command"
 
 

@@ -158,7 +158,7 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
         run_kwargs = {"run_id": plan.run_id, "resume": True, "tags": plan.tags() if main else {}}
     with Preemption() as preemption, hooks.run_class(store, experiment, **run_kwargs, **hooks.run_kwargs()) as run:
         try:
-            metrics = _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment)
+            metrics = _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment, preemption)
         except BaseException as err:
             stopped = _as_preempted(err, preemption, run)
             if stopped is None:
@@ -173,7 +173,7 @@ def train(cfg: DictConfig, hooks: TrainingHooks | None = None) -> dict[str, Any]
         return result
 
 
-def _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment) -> dict[str, float]:
+def _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment, preemption) -> dict[str, float]:
     """Inside the open run: log the configuration (a new run), fit (from the run's checkpoint when
     resuming), then evaluate, export and log the models."""
     import mlflow
@@ -192,7 +192,7 @@ def _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment) -> d
         if plan is not None:
             ckpt_path = download_checkpoints(store.client(), plan.run_id, workdir, workdir / "checkpoints")
         saver = RunCheckpoint(store.uri if main else None, run.run_id, workdir / "last")
-        callbacks = [*hooks.callbacks, ShareRunId(run)]
+        callbacks = [*hooks.callbacks, ShareRunId(run), preemption.callback()]
         if cfg.trainer.get("enable_checkpointing", True) is not False:  # else the user wants no checkpoint at all
             callbacks.append(saver)
         steps = plan.steps if plan is not None else None
@@ -205,6 +205,8 @@ def _train_in_run(cfg, hooks, run, store, dm, task, plan, main, experiment) -> d
             elif main:  # the ranks Lightning's launcher started may wait in a collective for this one
                 _stop_other_ranks(trainer)
             raise
+        if main:  # a signal after the last batch (the last validation): the run stops here
+            preemption.check()
         hooks.after_fit()
         best = _best_checkpoint(trainer)  # None (no validation ran, fast_dev_run): the last weights are evaluated
         metrics = {}
