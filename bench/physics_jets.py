@@ -38,6 +38,7 @@ from calolab.app import compose_config  # noqa: E402
 from calolab.evaluation.bootstrap import bootstrap, spread  # noqa: E402
 from calolab.evaluation.metrics import auc, rejection_at_efficiency  # noqa: E402
 from calolab.evaluation.report import rankable  # noqa: E402
+from calolab.evaluation.uncertainty import verdict  # noqa: E402
 from calolab.pipeline.evaluate import build_evaluation  # noqa: E402
 from calolab.pipeline.restore import restore_run  # noqa: E402
 from calolab.pipeline.train import train  # noqa: E402
@@ -97,10 +98,8 @@ def run_preset(preset: str, args: argparse.Namespace) -> list[str]:
         if name == "net":
             diff = ""
         else:
-            d = reps["net"]["auc"] - reps[name]["auc"]
-            nominal = auc(y, scores["net"], w) - a
-            sig = abs(nominal) / d.std(ddof=1) if d.std(ddof=1) > 0 else np.inf
-            diff = f"{nominal:+.4f} +- {d.std(ddof=1):.4f} ({'resolved' if sig > 2 else 'not resolved'})"
+            nominal, err = auc(y, scores["net"], w) - a, spread(reps["net"]["auc"] - reps[name]["auc"])
+            diff = f"{nominal:+.4f} +- {err:.4f} ({verdict(nominal, err)})"
         rows.append(f"  {labels[name]:<34} {a:.4f} +- {spread(reps[name]['auc']):.4f} {r_text:>18}   {diff}")
     return rows
 

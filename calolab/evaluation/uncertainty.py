@@ -141,6 +141,16 @@ def hanley_mcneil(auc: float, n_sig: float, n_bkg: float) -> float:
     return math.sqrt(max(var, 0.0))
 
 
+def is_resolved(diff: float, err: float) -> bool:
+    """Whether a difference ``diff +- err`` is resolved: ``|diff|`` > :data:`RESOLVED_SIGMA` x ``err``."""
+    return math.isfinite(err) and abs(diff) > RESOLVED_SIGMA * err
+
+
+def verdict(diff: float, err: float) -> str:
+    """``"resolved"`` or ``"not resolved"`` (:func:`is_resolved`), as every table and summary says it."""
+    return "resolved" if is_resolved(diff, err) else "not resolved"
+
+
 @dataclass(frozen=True)
 class Comparison:
     """``a - b`` of one figure for two discriminants on the same events, with its paired uncertainty.
@@ -164,7 +174,7 @@ class Comparison:
 
     @property
     def resolved(self) -> bool:
-        return not self.bound and math.isfinite(self.err) and abs(self.diff) > RESOLVED_SIGMA * self.err
+        return not self.bound and is_resolved(self.diff, self.err)
 
     @property
     def significance(self) -> float:
@@ -178,8 +188,7 @@ class Comparison:
         counts = f"n_eff {self.n_sig_eff:.0f} sig / {self.n_bkg_eff:.0f} bkg"
         if self.bound:
             return f"{self.a} vs {self.b} ({self.figure}): not resolved (a bound, not a measurement; {counts})"
-        verdict = "resolved" if self.resolved else "not resolved"
-        return f"{self.a} vs {self.b} ({self.figure}): {self.diff:+.3g} +- {self.err:.2g} ({verdict}; {counts})"
+        return f"{self.a} vs {self.b} ({self.figure}): {self.diff:+.3g} +- {self.err:.2g} ({verdict(self.diff, self.err)}; {counts})"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -226,6 +235,5 @@ def comparison_lines(metrics: Mapping[str, float], net: str = "net") -> list[str
         if metrics.get(key + IS_BOUND, 0.0) >= 0.5:
             lines.append(f"{net} vs {b} ({a}): not resolved (a bound, not a measurement{counts})")
             continue
-        ok = math.isfinite(err) and abs(diff) > RESOLVED_SIGMA * err
-        lines.append(f"{net} vs {b} ({a}): {diff:+.3g} +- {err:.2g} ({'resolved' if ok else 'not resolved'}{counts})")
+        lines.append(f"{net} vs {b} ({a}): {diff:+.3g} +- {err:.2g} ({verdict(diff, err)}{counts})")
     return lines

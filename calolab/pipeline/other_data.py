@@ -270,8 +270,9 @@ def evaluate_other_data(
     from calolab.tracking.git import git_state
     from calolab.tracking.naming import run_name
 
-    plan = plan_other_data(run_config(run_id, store), files, tree)  # bad input fails before the restore
-    restored = restore_run(run_id, store)
+    cfg = run_config(run_id, store)
+    plan = plan_other_data(cfg, files, tree)  # bad input fails before the restore
+    restored = restore_run(run_id, store, cfg=cfg)
     other = build_other_data(restored.cfg, restored.dm, plan)
     evaluation = build_evaluation(restored.cfg)
     for line in prune_evaluation(evaluation, list(other.test.aux)):

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from calolab.keys import LAST_CHECKPOINT_NAME
 from calolab.tracking import RunNotFoundError, TrackingStore
 
-__all__ = ["RestoredRun", "RunNotFoundError", "restore_run", "run_config"]
+__all__ = ["RestoredRun", "RunNotFoundError", "best_checkpoint", "restore_run", "run_config"]
 
 
 @dataclass
@@ -32,30 +32,45 @@ class RestoredRun:
     experiment: str
 
 
-def restore_run(run_id: str, store: TrackingStore) -> RestoredRun:
-    """Load config and best checkpoint of ``run_id`` and rebuild data and model."""
-    from mlflow.exceptions import MlflowException
+def restore_run(run_id: str, store: TrackingStore, cfg: DictConfig | None = None) -> RestoredRun:
+    """Load config and best checkpoint of ``run_id`` and rebuild data and model.
 
+    ``cfg``: the run's config when the caller has already read it (:func:`run_config`).
+    """
     from calolab.pipeline.samples import ensure_sample
     from calolab.pipeline.train import build_data, build_task
 
     client = store.client()
     run = _get_run(client, run_id, store)
-    cfg = _config_artifact(client, run_id)
+    cfg = _config_artifact(client, run_id) if cfg is None else cfg
     with tempfile.TemporaryDirectory(prefix="calolab-restore-") as tmp:
-        try:
-            ckpt_dir = client.download_artifacts(run_id, "checkpoints", tmp)
-            # the best checkpoint, not the latest training state a resumable run also logs there
-            ckpts = sorted(Path(ckpt_dir).glob("*.ckpt"), key=lambda p: (p.name == LAST_CHECKPOINT_NAME, p.name))
-        except (MlflowException, OSError):
-            ckpts = []
-        if not ckpts:
-            raise RunNotFoundError(f"run {run_id} has no checkpoint artifact under checkpoints/")
+        ckpt = best_checkpoint(client, run_id, tmp)
         ensure_sample(OmegaConf.to_container(cfg.generate) if cfg.get("generate") else None)
         dm = build_data(cfg)
-        model = build_task(cfg, dm).load_weights(ckpts[0])
+        model = build_task(cfg, dm).load_weights(ckpt)
     experiment = client.get_experiment(run.info.experiment_id).name
     return RestoredRun(cfg=cfg, model=model, dm=dm, run_id=run_id, experiment=experiment)
+
+
+def best_checkpoint(client, run_id: str, folder: str | Path) -> Path:
+    """Download the run's ``checkpoints/`` into ``folder``; the best checkpoint there.
+
+    The best is the ModelCheckpoint's file, not the latest training state (``last.ckpt``) that a
+    resumable run also logs there; ``last.ckpt`` only when it is all the run has.
+
+    Raises:
+        RunNotFoundError: the run has no checkpoint.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        ckpt_dir = client.download_artifacts(run_id, "checkpoints", str(folder))
+        ckpts = sorted(Path(ckpt_dir).glob("*.ckpt"), key=lambda p: (p.name == LAST_CHECKPOINT_NAME, p.name))
+    except (MlflowException, OSError):
+        ckpts = []
+    if not ckpts:
+        raise RunNotFoundError(f"run {run_id} has no checkpoint artifact under checkpoints/")
+    return ckpts[0]
 
 
 def _get_run(client, run_id: str, store: TrackingStore):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -131,8 +130,9 @@ def load_denoiser(run_id: str, tracking_uri: str | None, mlruns_dir: str | None)
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from calolab.keys import LAST_CHECKPOINT_NAME
-    from calolab.tracking import TrackingStore
+    from calolab.keys import TASK_KIND_TAG
+    from calolab.pipeline.restore import best_checkpoint, run_config
+    from calolab.tracking import RunNotFoundError, TrackingStore
 
     store = TrackingStore.resolve(tracking_uri, mlruns_dir)
     client = store.client()
@@ -146,22 +146,16 @@ def load_denoiser(run_id: str, tracking_uri: str | None, mlruns_dir: str | None)
             raise ConfigError(f"net.denoiser_run={run_id!r}: {err} in {store.uri}") from err
         log.info("calolab: denoiser %s is version %s, run %s", run_id, version.version, version.run_id)
         run_id = version.run_id
-    with tempfile.TemporaryDirectory(prefix="calolab-denoiser-") as tmp:
-        try:
-            run = client.get_run(run_id)
-            cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
-            ckpt_dir = Path(client.download_artifacts(run_id, "checkpoints", tmp))
-        except Exception as err:  # MlflowException, OSError: the run or its artifacts are missing
-            raise ConfigError(
-                f"net.denoiser_run={run_id!r}: cannot read the run's config.yaml and checkpoints from {store.uri}: {err}"
-            ) from err
-        task = run.data.tags.get("calolab.task")
+    try:
+        cfg = run_config(run_id, store)
+        task = client.get_run(run_id).data.tags.get(TASK_KIND_TAG)
         if task != "denoiser":
             raise ConfigError(f"net.denoiser_run={run_id!r} is a {task!r} training, not a denoiser (experiment=paed)")
-        ckpts = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.name == LAST_CHECKPOINT_NAME, p.name))
-        if not ckpts:
-            raise ConfigError(f"net.denoiser_run={run_id!r} has no checkpoint under checkpoints/")
-        state = torch.load(str(ckpts[0]), map_location="cpu", weights_only=False)["state_dict"]
+        with tempfile.TemporaryDirectory(prefix="calolab-denoiser-") as tmp:
+            state = torch.load(str(best_checkpoint(client, run_id, tmp)), map_location="cpu", weights_only=False)
+    except RunNotFoundError as err:  # the run, its config.yaml or its checkpoints are missing
+        raise ConfigError(f"net.denoiser_run={run_id!r}: {err}") from err
+    state = state["state_dict"]
     shapes = {name: (1, *spec["shape"]) for name, spec in OmegaConf.to_container(cfg.data.inputs).items()}
     net = instantiate(cfg.net, input_shapes=shapes, _convert_="all")
     net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
