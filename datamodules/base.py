@@ -49,12 +49,12 @@ from datamodules.preprocessing import (
     event_weights,
 )
 from datamodules.reading import (
+    ReadAhead,
     TreeReader,
     check_selection,
     evaluate_selection,
     expand_files,
     file_identity,
-    read_ahead,
 )
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,22 @@ class CachedImageDataModule(pl.LightningDataModule):
             "calolab data: building cache %s from %d file(s) of tree %r", self.cache_dir / digest, len(paths), self.tree
         )
         reader = self._reader()
+        # pass 2's reader starts now: the first file's images are read while pass 1 scans
+        chunks = ReadAhead((i, chunk) for i, path in enumerate(paths) for chunk in self._chunks(reader, path))
+        with chunks:
+            meta, n_events = self._build_from(reader, paths, digest, chunks, t0)
+        log.info(
+            "calolab data: cached %d events (%s) in %.1f s",
+            n_events,
+            self._counts_text(meta),
+            time.perf_counter() - t0,
+        )
+
+    def _build_from(
+        self, reader: TreeReader, paths: list[str], digest: str, chunks: ReadAhead, t0: float
+    ) -> tuple[dict, int]:
+        """The two passes of :meth:`_build` (``chunks``: pass 2's items, already being read); the
+        cache's meta data and the number of events read."""
         scalars, counts = self._scan(reader, paths)
         codes = assign_splits(scalars[self.event_number], self.split, self.split_salt)
         if self.train_selection:
@@ -326,7 +342,6 @@ class CachedImageDataModule(pl.LightningDataModule):
                     writer.save(split, "aux", name, values[index[c]])
             # pass 2: images, read one chunk ahead, converted and appended to the cache files
             starts = np.cumsum([0, *counts])
-            chunks = read_ahead((i, chunk) for i, path in enumerate(paths) for chunk in self._chunks(reader, path))
             done = [0] * len(paths)
             for i, chunk in chunks:
                 done[i] += self._fill_chunk(chunk, codes[starts[i] + done[i] : starts[i + 1]], outputs, paths[i])
@@ -338,12 +353,7 @@ class CachedImageDataModule(pl.LightningDataModule):
             extra = self._finish(outputs, paths)
             meta = self._meta_for(digest, paths, label, weight, codes, ratio, time.perf_counter() - t0)
             writer.commit({**meta, **extra})
-        log.info(
-            "calolab data: cached %d events (%s) in %.1f s",
-            sum(counts),
-            self._counts_text(meta),
-            time.perf_counter() - t0,
-        )
+        return meta, sum(counts)
 
     def _scan(self, reader: TreeReader, paths: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:
         """Pass 1: check every file; the selected events' scalars (all files) and counts per file."""

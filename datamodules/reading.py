@@ -486,46 +486,67 @@ class TreeReader:
         return image.astype(np.float32).reshape(n, h, w)  # (n, eta, phi)
 
 
-def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+class ReadAhead:
     """Iterate ``items`` in a background thread, ``depth`` items ahead of the consumer.
 
-    uproot's decompression releases the GIL, so the next chunk is read while the current one
-    is normalised and written. An exception in the reader is raised in the consumer.
+    The thread starts at once, so the first items are read while the caller does other work
+    (the data modules' first pass over the files' per-event branches). uproot's decompression
+    releases the GIL, so the next chunk is read while the current one is converted and written.
+    An exception in the reader is raised in the consumer. Use it as a context manager: leaving
+    the block stops the thread, also when the items were not all consumed.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
 
-    def produce() -> None:
+    _DONE = object()
+
+    def __init__(self, items: Iterable[T], depth: int = 1):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="calolab-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterable[T]) -> None:
         try:
             for item in items:
-                while not stop.is_set():
+                while not self._stop.is_set():
                     try:
-                        q.put(item, timeout=0.1)
+                        self._queue.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-            q.put(done)
+            self._queue.put(self._DONE)
         except BaseException as err:  # handed to the consumer
-            q.put(err)
+            self._queue.put(err)
 
-    thread = threading.Thread(target=produce, name="calolab-read-ahead", daemon=True)
-    thread.start()
-    try:
+    def __iter__(self) -> Iterator[T]:
         while True:
-            item = q.get()
-            if item is done:
+            item = self._queue.get()
+            if item is self._DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
+
+    def close(self) -> None:
+        """Stop the reader (dropping what it read ahead) and wait for its thread."""
+        self._stop.set()
+        while self._thread.is_alive():
             try:
-                q.get(timeout=0.1)
+                self._queue.get(timeout=0.1)
             except queue.Empty:
                 pass
-        thread.join()
+        self._thread.join()
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead (:class:`ReadAhead`,
+    started at the first ``next``)."""
+    with ReadAhead(items, depth) as ahead:
+        yield from ahead
